@@ -1,0 +1,16 @@
+// The pybind11 module flashmtp._core: translation only. Each area registers itself from its own file.
+#include <pybind11/pybind11.h>
+
+#include "bindings.h"
+#include "core/error.h"
+#include "flashmtp.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "flashmtp native core";
+    m.attr("__version__") = flashmtp::version();
+    // GGUFError derives from ValueError so callers can catch either.
+    static py::exception<flashmtp::GGUFError> gguf_error(m, "GGUFError", PyExc_ValueError);
+    flashmtp::bind_kernels(m);
+}

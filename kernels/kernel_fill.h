@@ -1,0 +1,18 @@
+// Internal: each kernel source file contributes its functions to a KernelTable through one fill function.
+// dispatch.cpp calls them in order: scalar parts into every table, then the ISA parts over their tables.
+#pragma once
+
+#include "kernels.h"
+
+namespace flashmtp {
+
+void kernel_table_fill_quant_ref(KernelTable &table);        // kernels/ref/quant_ref.cpp
+void kernel_table_fill_dot_ref(KernelTable &table);          // kernels/ref/dot_ref.cpp (float, legacy, mxfp4)
+void kernel_table_fill_dot_kquants_ref(KernelTable &table);  // kernels/ref/dot_kquants_ref.cpp
+
+void kernel_table_fill_avx2(KernelTable &table);             // kernels/cpu/dot_avx2.cpp
+void kernel_table_fill_avx2_kquants(KernelTable &table);     // kernels/cpu/dot_kquants_avx2.cpp
+void kernel_table_fill_avx512(KernelTable &table);           // kernels/cpu/dot_avx512.cpp
+void kernel_table_fill_avx512_kquants(KernelTable &table);   // kernels/cpu/dot_kquants_avx512.cpp
+
+}  // namespace flashmtp

@@ -1,0 +1,8 @@
+"""flashmtp: a local runtime for DeepSeek-V4-class MoE models with MTP speculative decoding.
+
+The native core lives in ``flashmtp._core``; this package is the thin Python layer over it.
+"""
+
+from flashmtp._core import GGUFError, __version__
+
+__all__ = ["GGUFError", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from flashmtp.cli import main
+
+sys.exit(main())

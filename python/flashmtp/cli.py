@@ -1,0 +1,56 @@
+"""The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp bench kernels``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from flashmtp.info import run_info
+
+    return run_info(args)
+
+
+def _run_bench_kernels(args: argparse.Namespace) -> int:
+    from flashmtp.bench.kernels import run_bench_kernels
+
+    return run_bench_kernels(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashmtp", description="flashmtp: local MoE runtime with MTP")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = sub.add_parser("info", help="summarise a GGUF model file")
+    info.add_argument("model", help="path to a .gguf file (the first part of a split model)")
+    info.set_defaults(run=_run_info)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    kernels = bench_sub.add_parser("kernels", help="GEMV bandwidth and batched matmul cost per weight type")
+    kernels.add_argument("--threads", type=int, default=2)
+    kernels.add_argument("--types", default="", help="comma-separated weight types (default: all)")
+    kernels.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
+    kernels.add_argument("--csv", default="bench-kernels.csv", help="write the table here as CSV")
+    kernels.set_defaults(run=_run_bench_kernels)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from flashmtp import __version__
+
+        print(f"flashmtp {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
