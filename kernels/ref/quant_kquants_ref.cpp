@@ -29,8 +29,8 @@ inline int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi 
 
 // The first element of largest magnitude, with its sign.
 float signed_absmax(const float *x, int n) {
-    float amax = 0.0f, max = 0.0f;
-    for (int i = 0; i < n; ++i) {
+    float amax = std::fabs(x[0]), max = x[0];
+    for (int i = 1; i < n; ++i) {
         if (std::fabs(x[i]) > amax) {
             amax = std::fabs(x[i]);
             max = x[i];

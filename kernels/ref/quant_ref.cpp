@@ -15,10 +15,10 @@ namespace flashmtp {
 
 namespace {
 
-// The first element of largest magnitude, with its sign (numpy's argmax of |x| picks the first on ties).
+// The first element of largest magnitude, with its sign: numpy's x[argmax(|x|)] (so -0.0 for a block of -0.0).
 float signed_absmax(const float *x, int n) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < n; ++j) {
+    float amax = std::fabs(x[0]), max = x[0];
+    for (int j = 1; j < n; ++j) {
         if (std::fabs(x[j]) > amax) {
             amax = std::fabs(x[j]);
             max = x[j];
@@ -329,8 +329,11 @@ void quantize_row_q8_K(const float *src, void *dst, int64_t n) {
         // -127 (not -128): quants stay in [-127, 127], so SIMD kernels may take |q| and sign tricks safely.
         const float iscale = -127.0f / max;
         for (int j = 0; j < QK_K; ++j) {
-            const int v = int(std::nearbyintf(iscale * x[j]));  // round half to even
-            y[b].qs[j] = int8_t(v > 127 ? 127 : (v < -127 ? -127 : v));
+            // Round half to even. Clamped as floats: a subnormal max makes iscale inf (then d = 0 and the
+            // block decodes to zeros), and inf / NaN must not reach a float -> int conversion.
+            const float v = iscale * x[j];
+            const int q = v >= 127.0f ? 127 : (v <= -127.0f ? -127 : (v == v ? int(std::nearbyintf(v)) : 0));
+            y[b].qs[j] = int8_t(q);
         }
         for (int g = 0; g < QK_K / 16; ++g) {
             int sum = 0;

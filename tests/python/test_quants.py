@@ -1,0 +1,331 @@
+"""Quantization formats: flashmtp._core against the `gguf` package (PyPI), the bit-exactness oracle.
+
+The gguf package (0.19) dequantizes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4 and Q2_K..Q6_K, and
+quantizes F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and MXFP4: for those our kernels must give the same bits.
+It neither quantizes the K-quants nor knows Q8_K: the K-quant quantizers are held to llama.cpp's error
+thresholds on its synthetic data (tests/test-quantize-fns.cpp), and Q8_K to a numpy restatement of
+llama.cpp's quantize_row_q8_K_ref.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from flashmtp import _core
+
+# type -> byte offsets of its fp16 scale fields inside one block
+SCALE_FIELDS: dict[T, tuple[int, ...]] = {
+    T.F32: (), T.F16: (), T.BF16: (),
+    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,), T.MXFP4: (),
+    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+}
+DEQUANT_TYPES = list(SCALE_FIELDS)
+QUANT_EXACT_TYPES = [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.MXFP4]
+KQUANT_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+def block_size(t: T) -> int:
+    return quants.GGML_QUANT_SIZES[t][0]
+
+
+def type_size(t: T) -> int:
+    return quants.GGML_QUANT_SIZES[t][1]
+
+
+def oracle_dequantize(raw: np.ndarray, t: T) -> np.ndarray:
+    """gguf.quants.dequantize of n_blocks x type_size bytes, flattened to float32."""
+    with np.errstate(all="ignore"):
+        return np.asarray(quants.dequantize(raw.reshape(-1, type_size(t)), t), dtype=np.float32).reshape(-1)
+
+
+def oracle_quantize(x: np.ndarray, t: T) -> np.ndarray:
+    """gguf.quants.quantize of a float32 row, as raw bytes."""
+    with np.errstate(all="ignore"):
+        return np.ascontiguousarray(quants.quantize(x.reshape(1, -1), t)).view(np.uint8).reshape(-1)
+
+
+def assert_same_bits(got: np.ndarray, ref: np.ndarray) -> None:
+    """Bitwise equality, except that any NaN matches any NaN (payloads depend on numpy's SIMD paths)."""
+    assert got.dtype == ref.dtype == np.float32 and got.shape == ref.shape
+    got_nan, ref_nan = np.isnan(got), np.isnan(ref)
+    assert np.array_equal(got_nan, ref_nan), f"NaN positions differ at {np.flatnonzero(got_nan != ref_nan)[:8]}"
+    diff = np.flatnonzero(got.view(np.uint32)[~got_nan] != ref.view(np.uint32)[~ref_nan])
+    assert diff.size == 0, f"{diff.size} values differ, first at {diff[:8]}: {got[~got_nan][diff[:4]]} vs " \
+                           f"{ref[~ref_nan][diff[:4]]}"
+
+
+def random_blocks(rng: np.random.Generator, t: T, n_blocks: int, sane_scales: bool) -> np.ndarray:
+    """Random bytes; with sane_scales, each fp16 scale field holds a finite half of moderate size."""
+    raw = rng.integers(0, 256, size=(n_blocks, type_size(t)), dtype=np.uint8)
+    if sane_scales:
+        if t == T.F32:
+            return rng.standard_normal(n_blocks).astype(np.float32).view(np.uint8).reshape(n_blocks, 4)
+        if t == T.F16:
+            return rng.standard_normal(n_blocks).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+        for offset in SCALE_FIELDS[t]:
+            halves = (rng.standard_normal(n_blocks) * 0.05).astype(np.float16)
+            raw[:, offset:offset + 2] = halves.view(np.uint8).reshape(n_blocks, 2)
+    return raw
+
+
+# ---- dequantization: bit-exact to gguf -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", DEQUANT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_blocks", [1, 3, 256])
+def test_dequantize_matches_gguf(t: T, n_blocks: int) -> None:
+    """Oracle: gguf.quants.dequantize, bit for bit, on random blocks with finite fp16 scales."""
+    rng = np.random.default_rng(1000 * int(t) + n_blocks)
+    raw = random_blocks(rng, t, n_blocks, sane_scales=True)
+    got = _core.dequantize(int(t), raw.reshape(-1), n_blocks * block_size(t))
+    ref = oracle_dequantize(raw, t)
+    assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("t", DEQUANT_TYPES, ids=lambda t: t.name)
+def test_dequantize_matches_gguf_on_arbitrary_bytes(t: T) -> None:
+    """Oracle: gguf.quants.dequantize on fully random bytes (inf/NaN scales included); NaN matches NaN."""
+    rng = np.random.default_rng(7 + int(t))
+    n_blocks = 512
+    raw = random_blocks(rng, t, n_blocks, sane_scales=False)
+    assert_same_bits(_core.dequantize(int(t), raw.reshape(-1), n_blocks * block_size(t)), oracle_dequantize(raw, t))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), t=st.sampled_from(DEQUANT_TYPES))
+def test_dequantize_matches_gguf_hypothesis(data: st.DataObject, t: T) -> None:
+    """Oracle: gguf.quants.dequantize on hypothesis-chosen bytes (shrinks a failure to a minimal block)."""
+    n_blocks = data.draw(st.integers(1, 4))
+    raw = data.draw(hnp.arrays(np.uint8, n_blocks * type_size(t)))
+    assert_same_bits(_core.dequantize(int(t), raw, n_blocks * block_size(t)), oracle_dequantize(raw, t))
+
+
+@pytest.mark.parametrize("t", DEQUANT_TYPES, ids=lambda t: t.name)
+def test_every_isa_dequantizes_like_scalar(t: T) -> None:
+    """Oracle: the scalar table (itself checked against gguf above); every ISA variant must match bitwise."""
+    rng = np.random.default_rng(11)
+    raw = random_blocks(rng, t, 64, sane_scales=True).reshape(-1)
+    n = 64 * block_size(t)
+    ref = _core.dequantize(int(t), raw, n, isa="scalar")
+    for isa in ("avx2", "avx512"):
+        if _core.isa_available(isa):
+            assert np.array_equal(_core.dequantize(int(t), raw, n, isa=isa).view(np.uint32), ref.view(np.uint32))
+
+
+# ---- quantization: bit-exact to gguf where gguf quantizes -----------------------------------------------------
+
+@pytest.mark.parametrize("t", QUANT_EXACT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("scale", [1e-6, 1e-2, 1.0, 30.0, 1e3])
+def test_quantize_matches_gguf_on_normal_data(t: T, scale: float) -> None:
+    """Oracle: gguf.quants.quantize, byte for byte, on N(0, scale^2) rows of 64 blocks."""
+    rng = np.random.default_rng(int(t) * 31 + int(math.log10(scale) + 10))
+    x = (rng.standard_normal(64 * max(block_size(t), 32)) * scale).astype(np.float32)
+    got = _core.quantize(int(t), x)
+    assert np.array_equal(got, oracle_quantize(x, t))
+
+
+def edge_case_rows() -> dict[str, np.ndarray]:
+    """Rows of 256 floats (one K-quant block, eight 32-blocks) that exercise the rounding corners."""
+    rng = np.random.default_rng(5)
+    n = 256
+    rows = {
+        "zeros": np.zeros(n),
+        "constant": np.full(n, 1.25),
+        "negative_constant": np.full(n, -3.5),
+        "one_spike": np.where(np.arange(n) % 32 == 7, 1000.0, 0.001),
+        "negative_spike": np.where(np.arange(n) % 32 == 3, -50.0, rng.standard_normal(n)),
+        "ties": rng.integers(-16, 17, n) * 0.25,                  # many values on rounding midpoints
+        "powers_of_two": 2.0 ** rng.integers(-20, 20, n) * rng.choice([-1, 1], n),
+        "just_below_powers_of_two": np.nextafter(2.0 ** rng.integers(-20, 20, n), 0).astype(np.float32),
+        "near_fp16_max": rng.uniform(-65000, 65000, n),
+        "huge": rng.standard_normal(n) * 1e30,                    # fp16 scales overflow to inf
+        "tiny": rng.standard_normal(n) * 1e-30,                   # fp16 scales underflow to zero
+        "subnormal": rng.standard_normal(n) * 1e-40,              # 1 / d overflows in float32
+        "mixed_magnitudes": rng.standard_normal(n) * 10.0 ** rng.integers(-8, 4, n),  # scales fit fp16
+    }
+    return {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
+
+
+EDGE_ROWS = edge_case_rows()
+
+
+@pytest.mark.parametrize("t", QUANT_EXACT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("case", list(EDGE_ROWS))
+def test_quantize_matches_gguf_on_edge_cases(t: T, case: str) -> None:
+    """Oracle: gguf.quants.quantize, byte for byte, on zeros, constants, ties, extremes and subnormals."""
+    x = EDGE_ROWS[case]
+    assert np.array_equal(_core.quantize(int(t), x), oracle_quantize(x, t))
+
+
+@settings(max_examples=80, deadline=None)
+@given(t=st.sampled_from(QUANT_EXACT_TYPES),
+       x=hnp.arrays(np.float32, 64, elements=st.floats(-1e4, 1e4, width=32, allow_subnormal=True)))
+def test_quantize_matches_gguf_hypothesis(t: T, x: np.ndarray) -> None:
+    """Oracle: gguf.quants.quantize on hypothesis-chosen finite rows (duplicates, signed zeros, extremes)."""
+    if t in (T.Q4_1, T.Q5_1) and np.any((x == 0) & np.signbit(x)):
+        # min() of a block holding both -0.0 and +0.0 is either zero in numpy (SIMD reduction order); the
+        # stored min's sign bit is then unspecified. Not a value difference.
+        x = x + np.float32(0.0)
+    assert np.array_equal(_core.quantize(int(t), x), oracle_quantize(x, t))
+
+
+def q8_K_reference(x: np.ndarray) -> np.ndarray:
+    """llama.cpp's quantize_row_q8_K_ref restated in numpy: d (f32), 256 int8 codes, 16 int16 block sums."""
+    out = []
+    for block in x.reshape(-1, 256):
+        imax = int(np.argmax(np.abs(block)))
+        if block[imax] == 0:
+            out.append(np.zeros(292, np.uint8))
+            continue
+        iscale = np.float32(-127.0) / block[imax]
+        q = np.clip(np.rint(iscale * block), -127, 127).astype(np.int8)
+        bsums = q.astype(np.int16).reshape(16, 16).sum(axis=1, dtype=np.int16)
+        d = np.float32(1.0) / iscale
+        out.append(np.concatenate([np.array([d], np.float32).view(np.uint8), q.view(np.uint8), bsums.view(np.uint8)]))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_q8_K_matches_llama_cpp_reference(scale: float) -> None:
+    """Oracle: llama.cpp's quantize_row_q8_K_ref (restated in numpy; gguf has no Q8_K), bitwise, every ISA."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(256 * 16) * scale).astype(np.float32)
+    x[256:512] = 0.0  # an all-zero block
+    ref = q8_K_reference(x)
+    for isa in ("scalar", "avx2", "avx512"):
+        if _core.isa_available(isa):
+            assert np.array_equal(_core.quantize(int(T.Q8_K), x, isa=isa), ref), isa
+
+
+@pytest.mark.parametrize("t", [T.Q8_0, T.Q8_K], ids=lambda t: t.name)
+def test_activation_quantizers_identical_on_every_isa(t: T) -> None:
+    """Oracle: the scalar quantizer; SIMD activation quantizers must be bit-identical (ragged magnitudes)."""
+    rng = np.random.default_rng(17)
+    x = (rng.standard_normal(256 * 33) * 10.0 ** rng.integers(-4, 4, 256 * 33)).astype(np.float32)
+    x[: 256] = 0.0
+    ref = _core.quantize(int(t), x, isa="scalar")
+    for isa in ("avx2", "avx512"):
+        if _core.isa_available(isa):
+            assert np.array_equal(_core.quantize(int(t), x, isa=isa), ref), isa
+
+
+# ---- quantization error: llama.cpp's thresholds --------------------------------------------------------------
+
+def synthetic_data(n: int = 4096, offset: float = 0.0) -> np.ndarray:
+    """llama.cpp test-quantize-fns generate_data: x_i = 0.1 + 2 cos(i + offset), i < 32 * 128 (float32 cos)."""
+    i = np.arange(n, dtype=np.float32) + np.float32(offset)
+    return (0.1 + (np.float32(2.0) * np.cos(i)).astype(np.float64)).astype(np.float32)
+
+
+def llama_cpp_rmse(a: np.ndarray, b: np.ndarray) -> float:
+    """test-quantize-fns' array_rmse: sqrt(sum of squared differences) / n, over the whole 4096-element row.
+    (This is the true RMSE divided by sqrt(n) = 64, so the thresholds are looser than they read.)"""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    return float(math.sqrt(float(np.sum(diff * diff))) / a.size)
+
+
+# llama.cpp's MAX_QUANTIZATION_TOTAL_ERROR* per type (MXFP4 held to its FP4 bound, 0.003).
+RMSE_THRESHOLDS = {
+    T.Q4_0: 0.002, T.Q4_1: 0.002, T.Q5_0: 0.002, T.Q5_1: 0.002, T.Q8_0: 0.002, T.MXFP4: 0.003,
+    T.Q2_K: 0.0075, T.Q3_K: 0.004, T.Q4_K: 0.002, T.Q5_K: 0.002, T.Q6_K: 0.002, T.Q8_K: 0.002,
+}
+
+
+@pytest.mark.parametrize("t", list(RMSE_THRESHOLDS), ids=lambda t: t.name)
+def test_quantization_error_below_llama_cpp_threshold(t: T) -> None:
+    """Oracle: llama.cpp test-quantize-fns thresholds on its synthetic data, with its RMSE definition."""
+    x = synthetic_data()
+    y = _core.dequantize(int(t), _core.quantize(int(t), x), x.size)
+    err = llama_cpp_rmse(x, y)
+    assert err < RMSE_THRESHOLDS[t], f"{t.name}: {err:.6f}"
+
+
+# Relative RMS error (RMSE / RMS of x) on N(0, 1) data; bounds sit ~20% above the measured values so a
+# regression in the scale search shows up, while any correct quantizer of that bit width passes.
+RELATIVE_ERROR_BOUNDS = {T.Q2_K: 0.32, T.Q3_K: 0.18, T.Q4_K: 0.09, T.Q5_K: 0.045, T.Q6_K: 0.022}
+
+
+@pytest.mark.parametrize("t", KQUANT_TYPES, ids=lambda t: t.name)
+def test_kquant_relative_error_on_normal_data(t: T) -> None:
+    """Oracle: error bounds for each bit width on Gaussian data, scale-invariant across 1e-3 .. 1e3."""
+    rng = np.random.default_rng(9)
+    for scale in (1e-3, 1.0, 1e3):
+        x = (rng.standard_normal(256 * 64) * scale).astype(np.float32)
+        y = _core.dequantize(int(t), _core.quantize(int(t), x), x.size)
+        rel = float(np.sqrt(np.mean((x.astype(np.float64) - y) ** 2) / np.mean(x.astype(np.float64) ** 2)))
+        assert rel < RELATIVE_ERROR_BOUNDS[t], f"{t.name} scale {scale}: {rel:.4f}"
+
+
+@pytest.mark.parametrize("t", KQUANT_TYPES + [T.Q8_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("case", list(EDGE_ROWS))
+def test_kquant_edge_cases(t: T, case: str) -> None:
+    """Oracle: properties (gguf cannot quantize K-quants). Deterministic; zero blocks decode to exact zeros;
+    a finite result whenever the scales fit fp16; error within the type's bound relative to the block's max."""
+    x = EDGE_ROWS[case]
+    with np.errstate(all="ignore"):
+        q = _core.quantize(int(t), x)
+        assert np.array_equal(q, _core.quantize(int(t), x.copy())), "not deterministic"
+        y = _core.dequantize(int(t), q, x.size)
+        if case == "zeros":
+            assert np.array_equal(y, np.zeros_like(y))
+        if case in ("huge", "subnormal", "tiny") and (t != T.Q8_K or case == "subnormal"):
+            # fp16 scales overflow (inf / NaN decode, as in llama.cpp) or underflow (zeros), and Q8_K's 1 / d
+            # overflows for subnormal blocks (zeros): no relative bound applies.
+            assert case != "tiny" or np.all(np.abs(y) <= np.abs(x).max())
+            return
+        assert np.all(np.isfinite(y))
+        bits = {T.Q2_K: 2, T.Q3_K: 3, T.Q4_K: 4, T.Q5_K: 5, T.Q6_K: 6, T.Q8_K: 8}[t]
+        # Worst case: a sub-block scale quantized to 4-6 bits loses a step of the block's range.
+        bound = np.abs(x).max() * (2.0 / 2 ** bits + 0.05)
+        assert np.max(np.abs(y - x)) <= bound, f"max error {np.max(np.abs(y - x))} > {bound}"
+
+
+@pytest.mark.parametrize("t", QUANT_EXACT_TYPES + KQUANT_TYPES + [T.Q8_K], ids=lambda t: t.name)
+def test_quantize_is_blockwise(t: T) -> None:
+    """Oracle: quantizing a row equals quantizing each block alone (no state crosses blocks)."""
+    rng = np.random.default_rng(21)
+    bs = block_size(t)
+    x = (rng.standard_normal(bs * 5) * 3).astype(np.float32)
+    whole = _core.quantize(int(t), x)
+    parts = np.concatenate([_core.quantize(int(t), x[i * bs:(i + 1) * bs]) for i in range(5)])
+    assert np.array_equal(whole, parts)
+
+
+# ---- bindings: shapes and errors -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", DEQUANT_TYPES + [T.Q8_K], ids=lambda t: t.name)
+def test_round_trip_shapes(t: T) -> None:
+    """Oracle: GGML_QUANT_SIZES: quantize gives n / block * type_size bytes, dequantize gives n floats."""
+    n = 2 * max(block_size(t), 256)
+    q = _core.quantize(int(t), np.ones(n, np.float32))
+    assert q.dtype == np.uint8 and q.shape == (n // block_size(t) * type_size(t),)
+    y = _core.dequantize(int(t), q, n)
+    assert y.dtype == np.float32 and y.shape == (n,)
+    info = _core.dtype_info(int(t))
+    assert (info["block_size"], info["type_size"]) == (block_size(t), type_size(t))
+
+
+def test_binding_errors() -> None:
+    """Bad sizes and unknown types raise ValueError naming the problem, never crash."""
+    with pytest.raises(ValueError, match="q4_0: 64 elements need 36 bytes, got 35"):
+        _core.dequantize(int(T.Q4_0), np.zeros(35, np.uint8), 64)
+    with pytest.raises(ValueError, match="q4_K: element count 100 is not a multiple of the block size 256"):
+        _core.dequantize(int(T.Q4_K), np.zeros(144, np.uint8), 100)
+    with pytest.raises(ValueError, match="q8_0: element count 33 is not a multiple of the block size 32"):
+        _core.quantize(int(T.Q8_0), np.zeros(33, np.float32))
+    with pytest.raises(ValueError, match="element count -32"):
+        _core.dequantize(int(T.Q8_0), np.zeros(0, np.uint8), -32)
+    for bad in (4, 16, 39 + 1, 1000):
+        with pytest.raises(ValueError, match=f"unknown tensor type id {bad}"):
+            _core.dequantize(bad, np.zeros(18, np.uint8), 32)
+        with pytest.raises(ValueError, match=f"unknown tensor type id {bad}"):
+            _core.quantize(bad, np.zeros(32, np.float32))
+    with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
+        _core.quantize(int(T.Q8_0), np.zeros(32, np.float32), isa="sse9")
