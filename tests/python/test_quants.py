@@ -13,13 +13,12 @@ import math
 
 import numpy as np
 import pytest
+from flashmtp import _core
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from flashmtp import _core
 
 # type -> byte offsets of its fp16 scale fields inside one block
 SCALE_FIELDS: dict[T, tuple[int, ...]] = {
@@ -56,7 +55,8 @@ def assert_same_bits(got: np.ndarray, ref: np.ndarray) -> None:
     """Bitwise equality, except that any NaN matches any NaN (payloads depend on numpy's SIMD paths)."""
     assert got.dtype == ref.dtype == np.float32 and got.shape == ref.shape
     got_nan, ref_nan = np.isnan(got), np.isnan(ref)
-    assert np.array_equal(got_nan, ref_nan), f"NaN positions differ at {np.flatnonzero(got_nan != ref_nan)[:8]}"
+    where = np.flatnonzero(got_nan != ref_nan)
+    assert where.size == 0, f"NaN positions differ at {where[:8]}"
     diff = np.flatnonzero(got.view(np.uint32)[~got_nan] != ref.view(np.uint32)[~ref_nan])
     assert diff.size == 0, f"{diff.size} values differ, first at {diff[:8]}: {got[~got_nan][diff[:4]]} vs " \
                            f"{ref[~ref_nan][diff[:4]]}"
@@ -76,7 +76,7 @@ def random_blocks(rng: np.random.Generator, t: T, n_blocks: int, sane_scales: bo
     return raw
 
 
-# ---- dequantization: bit-exact to gguf -----------------------------------------------------------------------
+# ---- dequantization: bit-exact to gguf ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("t", DEQUANT_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n_blocks", [1, 3, 256])
@@ -95,7 +95,8 @@ def test_dequantize_matches_gguf_on_arbitrary_bytes(t: T) -> None:
     rng = np.random.default_rng(7 + int(t))
     n_blocks = 512
     raw = random_blocks(rng, t, n_blocks, sane_scales=False)
-    assert_same_bits(_core.dequantize(int(t), raw.reshape(-1), n_blocks * block_size(t)), oracle_dequantize(raw, t))
+    got = _core.dequantize(int(t), raw.reshape(-1), n_blocks * block_size(t))
+    assert_same_bits(got, oracle_dequantize(raw, t))
 
 
 @settings(max_examples=60, deadline=None)
@@ -116,10 +117,11 @@ def test_every_isa_dequantizes_like_scalar(t: T) -> None:
     ref = _core.dequantize(int(t), raw, n, isa="scalar")
     for isa in ("avx2", "avx512"):
         if _core.isa_available(isa):
-            assert np.array_equal(_core.dequantize(int(t), raw, n, isa=isa).view(np.uint32), ref.view(np.uint32))
+            got = _core.dequantize(int(t), raw, n, isa=isa)
+            assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), isa
 
 
-# ---- quantization: bit-exact to gguf where gguf quantizes -----------------------------------------------------
+# ---- quantization: bit-exact to gguf where gguf quantizes --------------------------------------------------
 
 @pytest.mark.parametrize("t", QUANT_EXACT_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("scale", [1e-6, 1e-2, 1.0, 30.0, 1e3])
@@ -188,7 +190,8 @@ def q8_K_reference(x: np.ndarray) -> np.ndarray:
         q = np.clip(np.rint(iscale * block), -127, 127).astype(np.int8)
         bsums = q.astype(np.int16).reshape(16, 16).sum(axis=1, dtype=np.int16)
         d = np.float32(1.0) / iscale
-        out.append(np.concatenate([np.array([d], np.float32).view(np.uint8), q.view(np.uint8), bsums.view(np.uint8)]))
+        d_bytes = np.array([d], np.float32).view(np.uint8)
+        out.append(np.concatenate([d_bytes, q.view(np.uint8), bsums.view(np.uint8)]))
     return np.concatenate(out)
 
 
@@ -216,10 +219,10 @@ def test_activation_quantizers_identical_on_every_isa(t: T) -> None:
             assert np.array_equal(_core.quantize(int(t), x, isa=isa), ref), isa
 
 
-# ---- quantization error: llama.cpp's thresholds --------------------------------------------------------------
+# ---- quantization error: llama.cpp's thresholds ------------------------------------------------------------
 
 def synthetic_data(n: int = 4096, offset: float = 0.0) -> np.ndarray:
-    """llama.cpp test-quantize-fns generate_data: x_i = 0.1 + 2 cos(i + offset), i < 32 * 128 (float32 cos)."""
+    """llama.cpp test-quantize-fns generate_data: x_i = 0.1 + 2 cos(i + offset), i < 32 * 128, float32."""
     i = np.arange(n, dtype=np.float32) + np.float32(offset)
     return (0.1 + (np.float32(2.0) * np.cos(i)).astype(np.float64)).astype(np.float32)
 
@@ -266,8 +269,8 @@ def test_kquant_relative_error_on_normal_data(t: T) -> None:
 @pytest.mark.parametrize("t", KQUANT_TYPES + [T.Q8_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("case", list(EDGE_ROWS))
 def test_kquant_edge_cases(t: T, case: str) -> None:
-    """Oracle: properties (gguf cannot quantize K-quants). Deterministic; zero blocks decode to exact zeros;
-    a finite result whenever the scales fit fp16; error within the type's bound relative to the block's max."""
+    """Oracle: properties (gguf cannot quantize K-quants). Deterministic; zero blocks decode to exact
+    zeros; a finite result whenever the scales fit fp16; error bounded relative to the block's max."""
     x = EDGE_ROWS[case]
     with np.errstate(all="ignore"):
         q = _core.quantize(int(t), x)
@@ -298,7 +301,7 @@ def test_quantize_is_blockwise(t: T) -> None:
     assert np.array_equal(whole, parts)
 
 
-# ---- bindings: shapes and errors -----------------------------------------------------------------------------
+# ---- bindings: shapes and errors ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("t", DEQUANT_TYPES + [T.Q8_K], ids=lambda t: t.name)
 def test_round_trip_shapes(t: T) -> None:

@@ -13,11 +13,10 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as T
-from gguf import GGUFReader, quants
-
 from flashmtp import _core
 from flashmtp.testing.models import fetch_or_skip
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader, quants
 
 TENSORS_PER_TYPE = 4
 ROWS_PER_END = 16  # rows checked at each end of a tensor

