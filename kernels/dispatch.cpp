@@ -68,6 +68,7 @@ struct Tables {
         kernel_table_fill_avx2_kquants(table[ISA_AVX512]);
         kernel_table_fill_avx512(table[ISA_AVX512]);
         kernel_table_fill_avx512_kquants(table[ISA_AVX512]);
+        kernel_table_fill_avx512_quant(table[ISA_AVX512]);
 #endif
         for (int i = ISA_COUNT - 1; i >= 0; --i) {
             if (available[i]) { chosen = Isa(i); break; }

@@ -253,9 +253,10 @@ void quantize_row_q8_0(const float *src, void *dst, int64_t n) {
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = fp32_to_fp16(d);
         for (int j = 0; j < QK8_0; ++j) {
-            // Half away from zero; |v| > 127.5 only when 1/d overflowed (see trunc_clip): code 0 as in numpy.
+            // Half away from zero. |v| <= 127 (+ rounding) for a finite 1/d; when 1/d overflowed (see
+            // trunc_clip) v is inf or NaN and the code is 0, as numpy's cast gives.
             const float v = x[j] * id;
-            y[b].qs[j] = std::fabs(v) <= 127.5f ? int8_t(std::roundf(v)) : int8_t(0);
+            y[b].qs[j] = std::fabs(v) < 127.5f ? int8_t(std::roundf(v)) : int8_t(0);
         }
     }
 }
