@@ -59,8 +59,8 @@ void quantize_row_q8_K_avx512(const float *src, void *dst, int64_t n) {
         // The reference scales by the first element of largest magnitude, with its sign.
         float max = 0.0f;
         for (int k = 0; k < kVecs; ++k) {
-            const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + 16 * k)), _mm512_set1_ps(amax),
-                                                     _CMP_EQ_OQ);
+            const __m512 ax = _mm512_abs_ps(_mm512_loadu_ps(x + 16 * k));
+            const __mmask16 hit = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(amax), _CMP_EQ_OQ);
             if (hit) {
                 max = x[16 * k + __builtin_ctz(hit)];
                 break;

@@ -235,12 +235,15 @@ int unpack_scale_q3_K(int j, const uint8_t scales[K_SCALE_SIZE]) {
 void pack_2bit(const uint8_t L[QK_K], uint8_t qs[QK_K / 4]) {
     for (int j = 0; j < QK_K; j += 128) {
         for (int l = 0; l < 32; ++l) {
-            qs[j / 4 + l] = uint8_t(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+            qs[j / 4 + l] =
+                uint8_t(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
         }
     }
 }
 
-inline int unpack_2bit(const uint8_t qs[QK_K / 4], int e) { return (qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3; }
+inline int unpack_2bit(const uint8_t qs[QK_K / 4], int e) {
+    return (qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+}
 
 }  // namespace
 
@@ -276,7 +279,9 @@ void quantize_row_q2_K(const float *src, void *dst, int64_t n) {
             const float d = fp16_to_fp32(y[b].d) * float(y[b].scales[j] & 0x0f);
             if (d == 0.0f) continue;
             const float dm = fp16_to_fp32(y[b].dmin) * float(y[b].scales[j] >> 4);
-            for (int l = 0; l < 16; ++l) L[16 * j + l] = uint8_t(clamp_int(nearest_int((x[16 * j + l] + dm) / d), 0, 3));
+            for (int l = 0; l < 16; ++l) {
+                L[16 * j + l] = uint8_t(clamp_int(nearest_int((x[16 * j + l] + dm) / d), 0, 3));
+            }
         }
         pack_2bit(L, y[b].qs);
     }
@@ -325,7 +330,9 @@ void quantize_row_q3_K(const float *src, void *dst, int64_t n) {
         for (int j = 0; j < QK_K / 16; ++j) {
             const float d = fp16_to_fp32(y[b].d) * float(unpack_scale_q3_K(j, y[b].scales));
             if (d == 0.0f) continue;
-            for (int l = 0; l < 16; ++l) L[16 * j + l] = int8_t(clamp_int(nearest_int(x[16 * j + l] / d), -4, 3) + 4);
+            for (int l = 0; l < 16; ++l) {
+                L[16 * j + l] = int8_t(clamp_int(nearest_int(x[16 * j + l] / d), -4, 3) + 4);
+            }
         }
         // Codes 0..7: bit 2 goes to hmask (element e: bit e / 32 of byte e % 32), the low two bits to qs.
         uint8_t low[QK_K];
@@ -354,7 +361,7 @@ void dequantize_row_q3_K(const void *src, float *dst, int64_t n) {
     }
 }
 
-// ---- Q4_K, Q5_K: 8 sub-blocks of 32; 6-bit scale and min per sub-block ------------------------------------------
+// ---- Q4_K, Q5_K: 8 sub-blocks of 32; 6-bit scale and min per sub-block -----------------------------------------
 
 namespace {
 
@@ -391,7 +398,9 @@ void quantize_scale_min_k4(const float *x, int nmax, float rmin, int nstep, uint
         const float d = fp16_to_fp32(d_out) * float(sc);
         if (d == 0.0f) continue;
         const float dm = fp16_to_fp32(dmin_out) * float(m);
-        for (int l = 0; l < 32; ++l) L[32 * j + l] = uint8_t(clamp_int(nearest_int((x[32 * j + l] + dm) / d), 0, nmax));
+        for (int l = 0; l < 32; ++l) {
+            L[32 * j + l] = uint8_t(clamp_int(nearest_int((x[32 * j + l] + dm) / d), 0, nmax));
+        }
     }
 }
 
@@ -466,7 +475,7 @@ void dequantize_row_q5_K(const void *src, float *dst, int64_t n) {
     }
 }
 
-// ---- Q6_K: 16 sub-blocks of 16; 6-bit codes (4 low bits in ql, 2 high in qh); int8 scales ----------------------
+// ---- Q6_K: 16 sub-blocks of 16; 6-bit codes (4 low bits in ql, 2 high in qh); int8 scales ------------------
 
 void quantize_row_q6_K(const float *src, void *dst, int64_t n) {
     auto *y = static_cast<block_q6_K *>(dst);
@@ -491,11 +500,15 @@ void quantize_row_q6_K(const float *src, void *dst, int64_t n) {
         // -128: the largest scale maps to int8 -128 and the others into [-128, 127].
         const float iscale = -128.0f / max_scale;
         y[b].d = fp32_to_fp16(1.0f / iscale);
-        for (int j = 0; j < QK_K / 16; ++j) y[b].scales[j] = int8_t(clamp_int(nearest_int(iscale * scales[j]), -128, 127));
+        for (int j = 0; j < QK_K / 16; ++j) {
+            y[b].scales[j] = int8_t(clamp_int(nearest_int(iscale * scales[j]), -128, 127));
+        }
         for (int j = 0; j < QK_K / 16; ++j) {
             const float d = fp16_to_fp32(y[b].d) * float(y[b].scales[j]);
             if (d == 0.0f) continue;
-            for (int l = 0; l < 16; ++l) L[16 * j + l] = int8_t(clamp_int(nearest_int(x[16 * j + l] / d), -32, 31) + 32);
+            for (int l = 0; l < 16; ++l) {
+                L[16 * j + l] = int8_t(clamp_int(nearest_int(x[16 * j + l] / d), -32, 31) + 32);
+            }
         }
         // Element e = 128 h + 32 k + l (k = 0..3): low nibble in ql[64 h + l + 32 (k & 1)] (high half when
         // k >= 2), high two bits at bit 2 k of qh[32 h + l].

@@ -15,7 +15,7 @@ namespace flashmtp {
 
 namespace {
 
-// The first element of largest magnitude, with its sign: numpy's x[argmax(|x|)] (so -0.0 for a block of -0.0).
+// The first element of largest magnitude, with its sign: numpy's x[argmax(|x|)] (-0.0 for a block of -0.0).
 float signed_absmax(const float *x, int n) {
     float amax = std::fabs(x[0]), max = x[0];
     for (int j = 1; j < n; ++j) {
@@ -274,7 +274,8 @@ void dequantize_row_q8_0(const void *src, float *dst, int64_t n) {
 // The scale 2^(floor(log2 amax) - 2) puts amax in [4, 8) scale units, inside E2M1's largest value 6 or rounded
 // onto it. The exponent is computed as log2f -> floor, not from the float's bits, because that is the oracle's
 // rule: log2f rounds values a few ulps below a power of two up to it. Exponents below 0 (amax < 2^-125) wrap
-// modulo 256 like the oracle's float -> uint8 cast; such blocks decode to zeros.
+// modulo 256 like the oracle's float -> uint8 cast; such blocks decode to zeros. An infinite amax gives e = 0,
+// the oracle's cast of inf.
 void quantize_row_mxfp4(const float *src, void *dst, int64_t n) {
     auto *y = static_cast<block_mxfp4 *>(dst);
     for (int64_t b = 0; b < n / QK_MXFP4; ++b) {
@@ -357,13 +358,20 @@ void dequantize_row_q8_K(const void *src, float *dst, int64_t n) {
 void kernel_table_fill_quant_ref(KernelTable &table) {
     struct Entry { DType type; QuantizeRowFn quantize; DequantizeRowFn dequantize; };
     const Entry entries[] = {
-        {DTYPE_F32, quantize_row_f32, dequantize_row_f32},       {DTYPE_F16, quantize_row_f16, dequantize_row_f16},
-        {DTYPE_BF16, quantize_row_bf16, dequantize_row_bf16},    {DTYPE_Q4_0, quantize_row_q4_0, dequantize_row_q4_0},
-        {DTYPE_Q4_1, quantize_row_q4_1, dequantize_row_q4_1},    {DTYPE_Q5_0, quantize_row_q5_0, dequantize_row_q5_0},
-        {DTYPE_Q5_1, quantize_row_q5_1, dequantize_row_q5_1},    {DTYPE_Q8_0, quantize_row_q8_0, dequantize_row_q8_0},
-        {DTYPE_MXFP4, quantize_row_mxfp4, dequantize_row_mxfp4}, {DTYPE_Q2_K, quantize_row_q2_K, dequantize_row_q2_K},
-        {DTYPE_Q3_K, quantize_row_q3_K, dequantize_row_q3_K},    {DTYPE_Q4_K, quantize_row_q4_K, dequantize_row_q4_K},
-        {DTYPE_Q5_K, quantize_row_q5_K, dequantize_row_q5_K},    {DTYPE_Q6_K, quantize_row_q6_K, dequantize_row_q6_K},
+        {DTYPE_F32, quantize_row_f32, dequantize_row_f32},
+        {DTYPE_F16, quantize_row_f16, dequantize_row_f16},
+        {DTYPE_BF16, quantize_row_bf16, dequantize_row_bf16},
+        {DTYPE_Q4_0, quantize_row_q4_0, dequantize_row_q4_0},
+        {DTYPE_Q4_1, quantize_row_q4_1, dequantize_row_q4_1},
+        {DTYPE_Q5_0, quantize_row_q5_0, dequantize_row_q5_0},
+        {DTYPE_Q5_1, quantize_row_q5_1, dequantize_row_q5_1},
+        {DTYPE_Q8_0, quantize_row_q8_0, dequantize_row_q8_0},
+        {DTYPE_MXFP4, quantize_row_mxfp4, dequantize_row_mxfp4},
+        {DTYPE_Q2_K, quantize_row_q2_K, dequantize_row_q2_K},  // K-quants: quant_kquants_ref.cpp
+        {DTYPE_Q3_K, quantize_row_q3_K, dequantize_row_q3_K},
+        {DTYPE_Q4_K, quantize_row_q4_K, dequantize_row_q4_K},
+        {DTYPE_Q5_K, quantize_row_q5_K, dequantize_row_q5_K},
+        {DTYPE_Q6_K, quantize_row_q6_K, dequantize_row_q6_K},
         {DTYPE_Q8_K, quantize_row_q8_K, dequantize_row_q8_K},
     };
     for (const Entry &e : entries) {

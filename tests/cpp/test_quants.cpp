@@ -62,7 +62,9 @@ int main() {
         std::printf("%-6s error %.6f (threshold %.4f)\n", name, double(err), double(c.max_error));
         CHECK_MSG(err < c.max_error, "%s: error %f >= %f", name, double(err), double(c.max_error));
 
-        for (float v : round_trip(scalar, c.type, zeros)) CHECK_MSG(v == 0.0f, "%s: zero row decodes to %g", name, double(v));
+        for (float v : round_trip(scalar, c.type, zeros)) {
+            CHECK_MSG(v == 0.0f, "%s: zero row decodes to %g", name, double(v));
+        }
 
         // Determinism, and every ISA's quantizer writes the scalar reference's bytes.
         const size_t bytes = dtype_row_size(*dtype_traits(c.type), kN);
