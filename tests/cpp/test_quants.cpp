@@ -1,6 +1,7 @@
 // Quantizer round trips without Python. Oracle: llama.cpp's test-quantize-fns thresholds on its synthetic data
 // x_i = 0.1 + 2 cos(i), i < 4096, with its error measure sqrt(sum (x - y)^2) / n (the true RMSE / 64):
-// below 0.002 for Q4_0..Q8_0, Q4_K..Q6_K and Q8_K, 0.003 for MXFP4, 0.004 for Q3_K, 0.0075 for Q2_K.
+// below 0.002 for Q4_0..Q8_0, MXFP4, Q4_K..Q6_K and Q8_K, 0.004 for Q3_K, 0.0075 for Q2_K (llama.cpp's
+// 0.003 FP4 bound is for NVFP4; MXFP4 gets the general 0.002).
 // Also: all-zero rows decode to zeros, quantizing is deterministic, and every ISA's quantizer gives the
 // scalar reference's bytes (the bit-exact comparison with the gguf package is in tests/python).
 #include <cmath>
@@ -47,7 +48,7 @@ int main() {
     struct Case { DType type; float max_error; };
     const Case cases[] = {
         {DTYPE_Q4_0, 0.002f}, {DTYPE_Q4_1, 0.002f}, {DTYPE_Q5_0, 0.002f}, {DTYPE_Q5_1, 0.002f},
-        {DTYPE_Q8_0, 0.002f}, {DTYPE_MXFP4, 0.003f}, {DTYPE_Q2_K, 0.0075f}, {DTYPE_Q3_K, 0.004f},
+        {DTYPE_Q8_0, 0.002f}, {DTYPE_MXFP4, 0.002f}, {DTYPE_Q2_K, 0.0075f}, {DTYPE_Q3_K, 0.004f},
         {DTYPE_Q4_K, 0.002f}, {DTYPE_Q5_K, 0.002f}, {DTYPE_Q6_K, 0.002f}, {DTYPE_Q8_K, 0.002f},
     };
     const KernelTable &scalar = *kernels_for(ISA_SCALAR);

@@ -265,9 +265,10 @@ def llama_cpp_rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(math.sqrt(float(np.sum(diff * diff))) / a.size)
 
 
-# llama.cpp's MAX_QUANTIZATION_TOTAL_ERROR* per type (MXFP4 held to its FP4 bound, 0.003).
+# llama.cpp's MAX_QUANTIZATION_TOTAL_ERROR* per type. MXFP4 gets the general 0.002 there (its 0.003 FP4
+# bound is NVFP4's); we hold it to 0.002 too.
 RMSE_THRESHOLDS = {
-    T.Q4_0: 0.002, T.Q4_1: 0.002, T.Q5_0: 0.002, T.Q5_1: 0.002, T.Q8_0: 0.002, T.MXFP4: 0.003,
+    T.Q4_0: 0.002, T.Q4_1: 0.002, T.Q5_0: 0.002, T.Q5_1: 0.002, T.Q8_0: 0.002, T.MXFP4: 0.002,
     T.Q2_K: 0.0075, T.Q3_K: 0.004, T.Q4_K: 0.002, T.Q5_K: 0.002, T.Q6_K: 0.002, T.Q8_K: 0.002,
 }
 
@@ -281,9 +282,10 @@ def test_quantization_error_below_llama_cpp_threshold(t: T) -> None:
     assert err < RMSE_THRESHOLDS[t], f"{t.name}: {err:.6f}"
 
 
-# Relative RMS error (RMSE / RMS of x) on N(0, 1) data; bounds sit ~20% above the measured values so a
-# regression in the scale search shows up, while any correct quantizer of that bit width passes.
-RELATIVE_ERROR_BOUNDS = {T.Q2_K: 0.32, T.Q3_K: 0.18, T.Q4_K: 0.09, T.Q5_K: 0.045, T.Q6_K: 0.022}
+# Relative RMS error (RMSE / RMS of x) on Gaussian data. Measured: Q2_K 0.298, Q3_K 0.152, Q4_K 0.072,
+# Q5_K 0.037, Q6_K 0.018 (0.021 at scale 1e-3, where Q6_K's fp16 super-scale is subnormal). Bounds sit about
+# 10-20% above, so a regression in a scale search shows up.
+RELATIVE_ERROR_BOUNDS = {T.Q2_K: 0.33, T.Q3_K: 0.17, T.Q4_K: 0.08, T.Q5_K: 0.042, T.Q6_K: 0.025}
 
 
 @pytest.mark.parametrize("t", KQUANT_TYPES, ids=lambda t: t.name)
