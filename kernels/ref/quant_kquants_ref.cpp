@@ -16,7 +16,7 @@ namespace flashmtp {
 
 namespace {
 
-constexpr float kGroupMaxEps = 1e-15f;  // a sub-block whose largest |x| is below this is all zeros
+constexpr float kGroupMaxEps = 1e-15f;  // a sub-block whose largest |x| is below this is quantized as zeros
 
 // Round half to even, as llama.cpp's nearest_int (the 1.5 * 2^23 trick) rounds for |v| < 2^22. Saturates so
 // that the inf / NaN ratios of degenerate scales (fp16 overflow, zero sub-blocks) stay defined; NaN gives 0.
