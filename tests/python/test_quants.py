@@ -178,6 +178,17 @@ def test_quantize_matches_gguf_hypothesis(t: T, x: np.ndarray) -> None:
     assert np.array_equal(_core.quantize(int(t), x), oracle_quantize(x, t))
 
 
+def test_float_formats_on_non_finite_values() -> None:
+    """Oracle: gguf.quants.quantize (BF16: bytes, NaN payloads included; F16: NaN-aware, since numpy's cast
+    keeps payload bits that hardware conversion and ours replace by the quiet bit)."""
+    bits = np.array([0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00001, 0x7F800001, 0x7FBFFFFF, 0x477FF000,
+                     0x477FEFFF, 0x00000001, 0x80000001, 0x33000000, 0x33000001], dtype=np.uint32)
+    x = bits.view(np.float32)
+    assert np.array_equal(_core.quantize(int(T.BF16), x), oracle_quantize(x, T.BF16))
+    got = _core.dequantize(int(T.F16), _core.quantize(int(T.F16), x), x.size)
+    assert_same_bits(got, oracle_dequantize(oracle_quantize(x, T.F16), T.F16))
+
+
 def q8_K_reference(x: np.ndarray) -> np.ndarray:
     """llama.cpp's quantize_row_q8_K_ref restated in numpy: d (f32), 256 int8 codes, 16 int16 block sums."""
     out = []
