@@ -218,45 +218,68 @@ struct Q6K {
     }
 };
 
-// isum = sum over the block of scale * quant * x, msum = sum of min * bsums (both exact int32).
-inline void block_sums(const UnpackedBlock &u, const uint8_t *xb, int32_t &isum, int32_t &msum) {
+// Integer sums of one block with one activation row, still spread over lanes: the sum of acc's lanes is
+// sum_i scale * quant * x, the sum of min's lanes is sum_g min_g * bsums_g (both exact int32).
+inline void block_sums(const UnpackedBlock &u, const uint8_t *xb, __m256i &acc, __m256i &min) {
     const uint8_t *qs = xb + offsetof(block_q8_K, qs);
-    __m512i acc = _mm512_setzero_si512();
+    __m512i a = _mm512_setzero_si512();
     for (int k = 0; k < 4; ++k) {
         const __m512i pairs = _mm512_maddubs_epi16(u.quant[k], _mm512_loadu_si512(qs + 64 * k));
-        acc = _mm512_dpwssd_epi32(acc, pairs, u.scale[k]);
+        a = _mm512_dpwssd_epi32(a, pairs, u.scale[k]);
     }
+    acc = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
     const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xb + offsetof(block_q8_K, bsums)));
-    const __m256i m = _mm256_madd_epi16(bsums, u.min);
-    const __m256i a = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
-    const __m256i h = _mm256_hadd_epi32(a, m);  // [a01 a23 m01 m23 | a45 a67 m45 m67]
-    __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-    q = _mm_hadd_epi32(q, q);  // [isum, msum, isum, msum]
-    isum = _mm_cvtsi128_si32(q);
-    msum = _mm_extract_epi32(q, 1);
+    min = _mm256_madd_epi16(bsums, u.min);
 }
 
+// Lane sums of four 8-lane vectors: [sum v0, sum v1, sum v2, sum v3].
+inline __m128i sum_lanes4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// Rows are independent lanes of 4-wide float vectors: lane r performs exactly the reference's scalar
+// operations for row r, so neither n_x nor the slot changes its bits. Integer sums are reduced across
+// rows together (exact, so the grouping cannot matter).
 template <class Type, int n_x>
 void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
-    float sum[n_x] = {};
+    __m128 sum = _mm_setzero_ps();
     UnpackedBlock u;
     for (int64_t b = 0; b < n / QK_K; ++b) {
         Type::unpack(w + b * Type::block_bytes, u);
-        for (int r = 0; r < n_x; ++r) {
-            const uint8_t *xb = x + r * x_stride + b * sizeof(block_q8_K);
-            int32_t isum, msum;
-            block_sums(u, xb, isum, msum);
-            float xd;
-            std::memcpy(&xd, xb + offsetof(block_q8_K, d), 4);
-            const float d = xd * u.d;
-            if constexpr (Type::has_min) {
-                sum[r] += d * float(isum) - (xd * u.dmin) * float(msum);
+        __m256i acc[4], min[4];
+        alignas(16) float xd[4] = {};
+        for (int r = 0; r < 4; ++r) {
+            if (r < n_x) {
+                const uint8_t *xb = x + r * x_stride + b * sizeof(block_q8_K);
+                block_sums(u, xb, acc[r], min[r]);
+                std::memcpy(&xd[r], xb + offsetof(block_q8_K, d), 4);
             } else {
-                sum[r] += d * float(isum - msum);
+                acc[r] = min[r] = _mm256_setzero_si256();
             }
         }
+        const __m128 d = _mm_mul_ps(_mm_load_ps(xd), _mm_set1_ps(u.d));
+        if constexpr (Type::has_min) {
+            __m128i isum, msum;
+            if constexpr (n_x <= 2) {  // one reduction for both: [isum 0, isum 1, msum 0, msum 1]
+                isum = sum_lanes4(acc[0], acc[1], min[0], min[1]);
+                msum = _mm_unpackhi_epi64(isum, isum);
+            } else {
+                isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
+                msum = sum_lanes4(min[0], min[1], min[2], min[3]);
+            }
+            const __m128 dmin = _mm_mul_ps(_mm_load_ps(xd), _mm_set1_ps(u.dmin));
+            const __m128 scaled = _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
+            sum = _mm_add_ps(sum, _mm_sub_ps(scaled, _mm_mul_ps(dmin, _mm_cvtepi32_ps(msum))));
+        } else {
+            for (int r = 0; r < n_x; ++r) acc[r] = _mm256_sub_epi32(acc[r], min[r]);
+            const __m128i isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
+            sum = _mm_add_ps(sum, _mm_mul_ps(d, _mm_cvtepi32_ps(isum)));
+        }
     }
-    for (int r = 0; r < n_x; ++r) out[r] = sum[r];
+    alignas(16) float result[4];
+    _mm_store_ps(result, sum);
+    for (int r = 0; r < n_x; ++r) out[r] = result[r];
 }
 
 template <class Type>

@@ -3,10 +3,10 @@
 // read and the time of n_x rows relative to one row (the cost of batching drafted tokens).
 // Usage: bench_vec_dot_kquants [megabytes=96] [repeats=5]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <vector>
 
@@ -17,15 +17,22 @@ using namespace flashmtp;
 
 namespace {
 
-// Median seconds of `repeats` passes of y[row] = dot(w[row], x[0..n_x)) over all rows.
+// This thread's CPU seconds: the machines are shared, and wall time would count other processes' slices.
+double thread_seconds() {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// Median seconds (of this thread's CPU time) of `repeats` passes of y[row] = dot(w[row], x[0..n_x)) over all rows.
 double time_gemv(VecDotFn dot, int64_t n, const uint8_t *w, size_t row_bytes, int64_t rows, const uint8_t *x,
                  size_t x_stride, int n_x, int repeats) {
     std::vector<double> times;
     std::vector<float> y(size_t(rows) * VEC_DOT_MAX_X);
     for (int rep = 0; rep < repeats; ++rep) {
-        const auto start = std::chrono::steady_clock::now();
+        const double start = thread_seconds();
         for (int64_t r = 0; r < rows; ++r) dot(n, w + r * row_bytes, x, x_stride, n_x, &y[r * VEC_DOT_MAX_X]);
-        times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        times.push_back(thread_seconds() - start);
     }
     std::sort(times.begin(), times.end());
     return times[times.size() / 2];
