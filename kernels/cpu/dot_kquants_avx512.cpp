@@ -18,6 +18,7 @@
 // GCC 12's own avx512fintrin.h (_mm512_broadcast_i64x4, _mm512_inserti64x4, ...) trips this warning on its
 // deliberately undefined temporaries.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace flashmtp {
 
@@ -238,45 +239,63 @@ inline __m128i sum_lanes4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-// Rows are independent lanes of 4-wide float vectors: lane r performs exactly the reference's scalar
-// operations for row r, so neither n_x nor the slot changes its bits. Integer sums are reduced across
-// rows together (exact, so the grouping cannot matter).
+// The term block b adds to each row's sum, rows as lanes of a 4-wide float vector: lane r performs exactly
+// the reference's scalar operations for row r, so neither n_x nor the slot changes its bits. Integer sums
+// are reduced across rows together (exact, so the grouping cannot matter).
 template <class Type, int n_x>
-void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
-    __m128 sum = _mm_setzero_ps();
-    UnpackedBlock u;
-    for (int64_t b = 0; b < n / QK_K; ++b) {
-        Type::unpack(w + b * Type::block_bytes, u);
-        __m256i acc[4], min[4];
-        alignas(16) float xd[4] = {};
-        for (int r = 0; r < 4; ++r) {
-            if (r < n_x) {
-                const uint8_t *xb = x + r * x_stride + b * sizeof(block_q8_K);
-                block_sums(u, xb, acc[r], min[r]);
-                std::memcpy(&xd[r], xb + offsetof(block_q8_K, d), 4);
-            } else {
-                acc[r] = min[r] = _mm256_setzero_si256();
-            }
-        }
-        const __m128 d = _mm_mul_ps(_mm_load_ps(xd), _mm_set1_ps(u.d));
-        if constexpr (Type::has_min) {
-            __m128i isum, msum;
-            if constexpr (n_x <= 2) {  // one reduction for both: [isum 0, isum 1, msum 0, msum 1]
-                isum = sum_lanes4(acc[0], acc[1], min[0], min[1]);
-                msum = _mm_unpackhi_epi64(isum, isum);
-            } else {
-                isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
-                msum = sum_lanes4(min[0], min[1], min[2], min[3]);
-            }
-            const __m128 dmin = _mm_mul_ps(_mm_load_ps(xd), _mm_set1_ps(u.dmin));
-            const __m128 scaled = _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
-            sum = _mm_add_ps(sum, _mm_sub_ps(scaled, _mm_mul_ps(dmin, _mm_cvtepi32_ps(msum))));
+inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stride, int64_t b) {
+    __m256i acc[4], min[4];
+    float row_d[4] = {};
+    for (int r = 0; r < 4; ++r) {
+        if (r < n_x) {
+            const uint8_t *xb = x + r * x_stride + b * sizeof(block_q8_K);
+            block_sums(u, xb, acc[r], min[r]);
+            std::memcpy(&row_d[r], xb + offsetof(block_q8_K, d), 4);
         } else {
-            for (int r = 0; r < n_x; ++r) acc[r] = _mm256_sub_epi32(acc[r], min[r]);
-            const __m128i isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
-            sum = _mm_add_ps(sum, _mm_mul_ps(d, _mm_cvtepi32_ps(isum)));
+            acc[r] = min[r] = _mm256_setzero_si256();
         }
     }
+    // Built from scalars, not loaded from row_d: a 16-byte load of separately stored floats would miss
+    // store-to-load forwarding.
+    const __m128 xd = _mm_setr_ps(row_d[0], row_d[1], row_d[2], row_d[3]);
+    const __m128 d = _mm_mul_ps(xd, _mm_set1_ps(u.d));
+    if constexpr (Type::has_min) {
+        __m128i isum, msum;
+        if constexpr (n_x <= 2) {  // one reduction for both: [isum 0, isum 1, msum 0, msum 1]
+            isum = sum_lanes4(acc[0], acc[1], min[0], min[1]);
+            msum = _mm_unpackhi_epi64(isum, isum);
+        } else {
+            isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
+            msum = sum_lanes4(min[0], min[1], min[2], min[3]);
+        }
+        const __m128 dmin = _mm_mul_ps(xd, _mm_set1_ps(u.dmin));
+        const __m128 scaled = _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
+        return _mm_sub_ps(scaled, _mm_mul_ps(dmin, _mm_cvtepi32_ps(msum)));
+    } else {
+        for (int r = 0; r < n_x; ++r) acc[r] = _mm256_sub_epi32(acc[r], min[r]);
+        const __m128i isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
+        return _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
+    }
+}
+
+// Blocks b .. b + n_blocks - 1, all unpacked before any is used: a block's chain (unpack, multiply, reduce,
+// scale) is long, and interleaving two keeps the out-of-order window busy. Terms join the sums in block order.
+template <class Type, int n_x, int n_blocks>
+inline void blocks_step(const uint8_t *w, const uint8_t *x, size_t x_stride, int64_t b, __m128 &sum) {
+    UnpackedBlock u[n_blocks];
+    for (int s = 0; s < n_blocks; ++s) Type::unpack(w + (b + s) * Type::block_bytes, u[s]);
+    __m128 term[n_blocks];
+    for (int s = 0; s < n_blocks; ++s) term[s] = block_term<Type, n_x>(u[s], x, x_stride, b + s);
+    for (int s = 0; s < n_blocks; ++s) sum = _mm_add_ps(sum, term[s]);
+}
+
+template <class Type, int n_x>
+void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
+    const int64_t nb = n / QK_K;
+    __m128 sum = _mm_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) blocks_step<Type, n_x, 2>(w, x, x_stride, b, sum);
+    if (b < nb) blocks_step<Type, n_x, 1>(w, x, x_stride, b, sum);
     alignas(16) float result[4];
     _mm_store_ps(result, sum);
     for (int r = 0; r < n_x; ++r) out[r] = result[r];
