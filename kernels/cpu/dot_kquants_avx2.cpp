@@ -203,43 +203,76 @@ struct Q6K {
     }
 };
 
-// isum = sum over the block of scale * quant * x, msum = sum of min * bsums (both exact int32).
-inline void block_sums(const UnpackedBlock &u, const uint8_t *xb, int32_t &isum, int32_t &msum) {
+// Integer sums of one block with one activation row, still spread over lanes: the sum of acc's lanes is
+// sum_i scale * quant * x, the sum of min's lanes is sum_g min_g * bsums_g (both exact int32).
+inline void block_sums(const UnpackedBlock &u, const uint8_t *xb, __m256i &acc, __m256i &min) {
     const uint8_t *qs = xb + offsetof(block_q8_K, qs);
-    __m256i acc = _mm256_setzero_si256();
+    __m256i a = _mm256_setzero_si256();
     for (int k = 0; k < 8; ++k) {
         const __m256i pairs = _mm256_maddubs_epi16(u.quant[k], load_256(qs + 32 * k));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, u.scale[k]));
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(pairs, u.scale[k]));
     }
-    const __m256i m = _mm256_madd_epi16(load_256(xb + offsetof(block_q8_K, bsums)), u.min);
-    const __m256i h = _mm256_hadd_epi32(acc, m);  // [a01 a23 m01 m23 | a45 a67 m45 m67]
-    __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-    q = _mm_hadd_epi32(q, q);  // [isum, msum, isum, msum]
-    isum = _mm_cvtsi128_si32(q);
-    msum = _mm_extract_epi32(q, 1);
+    acc = a;
+    min = _mm256_madd_epi16(load_256(xb + offsetof(block_q8_K, bsums)), u.min);
 }
 
+// Lane sums of four 8-lane vectors: [sum v0, sum v1, sum v2, sum v3].
+inline __m128i sum_lanes4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// The term block b adds to each row's sum, rows as lanes of a 4-wide float vector: lane r performs exactly
+// the reference's scalar operations for row r, so neither n_x nor the slot changes its bits. Integer sums
+// are reduced across rows together (exact, so the grouping cannot matter).
+template <class Type, int n_x>
+inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stride, int64_t b) {
+    __m256i acc[4], min[4];
+    float row_d[4] = {};
+    for (int r = 0; r < 4; ++r) {
+        if (r < n_x) {
+            const uint8_t *xb = x + r * x_stride + b * sizeof(block_q8_K);
+            block_sums(u, xb, acc[r], min[r]);
+            std::memcpy(&row_d[r], xb + offsetof(block_q8_K, d), 4);
+        } else {
+            acc[r] = min[r] = _mm256_setzero_si256();
+        }
+    }
+    // Built from scalars, not loaded from row_d: a 16-byte load of separately stored floats would miss
+    // store-to-load forwarding.
+    const __m128 xd = _mm_setr_ps(row_d[0], row_d[1], row_d[2], row_d[3]);
+    const __m128 d = _mm_mul_ps(xd, _mm_set1_ps(u.d));
+    if constexpr (Type::has_min) {
+        __m128i isum, msum;
+        if constexpr (n_x <= 2) {  // one reduction for both: [isum 0, isum 1, msum 0, msum 1]
+            isum = sum_lanes4(acc[0], acc[1], min[0], min[1]);
+            msum = _mm_unpackhi_epi64(isum, isum);
+        } else {
+            isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
+            msum = sum_lanes4(min[0], min[1], min[2], min[3]);
+        }
+        const __m128 dmin = _mm_mul_ps(xd, _mm_set1_ps(u.dmin));
+        const __m128 scaled = _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
+        return _mm_sub_ps(scaled, _mm_mul_ps(dmin, _mm_cvtepi32_ps(msum)));
+    } else {
+        for (int r = 0; r < n_x; ++r) acc[r] = _mm256_sub_epi32(acc[r], min[r]);
+        const __m128i isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
+        return _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
+    }
+}
+
+// One block at a time: an unpacked block already fills the 16 ymm registers (the AVX-512 file interleaves two).
 template <class Type, int n_x>
 void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
-    float sum[n_x] = {};
+    __m128 sum = _mm_setzero_ps();
     UnpackedBlock u;
     for (int64_t b = 0; b < n / QK_K; ++b) {
         Type::unpack(w + b * Type::block_bytes, u);
-        for (int r = 0; r < n_x; ++r) {
-            const uint8_t *xb = x + r * x_stride + b * sizeof(block_q8_K);
-            int32_t isum, msum;
-            block_sums(u, xb, isum, msum);
-            float xd;
-            std::memcpy(&xd, xb + offsetof(block_q8_K, d), 4);
-            const float d = xd * u.d;
-            if constexpr (Type::has_min) {
-                sum[r] += d * float(isum) - (xd * u.dmin) * float(msum);
-            } else {
-                sum[r] += d * float(isum - msum);
-            }
-        }
+        sum = _mm_add_ps(sum, block_term<Type, n_x>(u, x, x_stride, b));
     }
-    for (int r = 0; r < n_x; ++r) out[r] = sum[r];
+    alignas(16) float result[4];
+    _mm_store_ps(result, sum);
+    for (int r = 0; r < n_x; ++r) out[r] = result[r];
 }
 
 template <class Type>
