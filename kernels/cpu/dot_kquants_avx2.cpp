@@ -26,6 +26,10 @@ struct UnpackedBlock {
     float dmin;  // Q2_K, Q4_K, Q5_K
 };
 
+// Weights stream from memory once; the hardware prefetcher alone leaves the core waiting, most of all when
+// four activation rows lengthen the work per block. 2 KiB ahead measured best on Zen 4 (1 KiB to 4 KiB tried).
+constexpr size_t kPrefetchBytes = 2048;
+
 inline float load_fp16(const uint8_t *p) {
     uint16_t h;
     std::memcpy(&h, p, 2);
@@ -261,13 +265,16 @@ inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stri
     }
 }
 
-// One block at a time: an unpacked block already fills the 16 ymm registers (the AVX-512 file interleaves two).
 template <class Type, int n_x>
 void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
     __m128 sum = _mm_setzero_ps();
     UnpackedBlock u;
     for (int64_t b = 0; b < n / QK_K; ++b) {
-        Type::unpack(w + b * Type::block_bytes, u);
+        const uint8_t *block = w + b * Type::block_bytes;
+        for (size_t line = 0; line < Type::block_bytes; line += 64) {
+            _mm_prefetch(reinterpret_cast<const char *>(block + kPrefetchBytes + line), _MM_HINT_T0);
+        }
+        Type::unpack(block, u);
         sum = _mm_add_ps(sum, block_term<Type, n_x>(u, x, x_stride, b));
     }
     alignas(16) float result[4];

@@ -20,6 +20,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
+
+
 namespace flashmtp {
 
 namespace {
@@ -32,6 +34,10 @@ struct UnpackedBlock {
     float d;
     float dmin;  // Q2_K, Q4_K, Q5_K
 };
+
+// Weights stream from memory once; the hardware prefetcher alone leaves the core waiting, most of all when
+// four activation rows lengthen the work per block. 2 KiB ahead measured best on Zen 4 (1 KiB to 4 KiB tried).
+constexpr size_t kPrefetchBytes = 2048;
 
 inline float load_fp16(const uint8_t *p) {
     uint16_t h;
@@ -278,24 +284,18 @@ inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stri
     }
 }
 
-// Blocks b .. b + n_blocks - 1, all unpacked before any is used: a block's chain (unpack, multiply, reduce,
-// scale) is long, and interleaving two keeps the out-of-order window busy. Terms join the sums in block order.
-template <class Type, int n_x, int n_blocks>
-inline void blocks_step(const uint8_t *w, const uint8_t *x, size_t x_stride, int64_t b, __m128 &sum) {
-    UnpackedBlock u[n_blocks];
-    for (int s = 0; s < n_blocks; ++s) Type::unpack(w + (b + s) * Type::block_bytes, u[s]);
-    __m128 term[n_blocks];
-    for (int s = 0; s < n_blocks; ++s) term[s] = block_term<Type, n_x>(u[s], x, x_stride, b + s);
-    for (int s = 0; s < n_blocks; ++s) sum = _mm_add_ps(sum, term[s]);
-}
-
 template <class Type, int n_x>
 void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
-    const int64_t nb = n / QK_K;
     __m128 sum = _mm_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) blocks_step<Type, n_x, 2>(w, x, x_stride, b, sum);
-    if (b < nb) blocks_step<Type, n_x, 1>(w, x, x_stride, b, sum);
+    UnpackedBlock u;
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const uint8_t *block = w + b * Type::block_bytes;
+        for (size_t line = 0; line < Type::block_bytes; line += 64) {
+            _mm_prefetch(reinterpret_cast<const char *>(block + kPrefetchBytes + line), _MM_HINT_T0);
+        }
+        Type::unpack(block, u);
+        sum = _mm_add_ps(sum, block_term<Type, n_x>(u, x, x_stride, b));
+    }
     alignas(16) float result[4];
     _mm_store_ps(result, sum);
     for (int r = 0; r < n_x; ++r) out[r] = result[r];

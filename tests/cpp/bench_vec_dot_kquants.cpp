@@ -1,7 +1,7 @@
 // Microbenchmark (not a test): single-threaded K-quant GEMV through every ISA table, streaming a weight
 // matrix larger than the caches, for n_x = 1, 2, 4 activation rows per weight row. Prints GB/s of weights
 // read and the time of n_x rows relative to one row (the cost of batching drafted tokens).
-// Usage: bench_vec_dot_kquants [megabytes=96] [repeats=5]
+// Usage: bench_vec_dot_kquants [megabytes=96] [repeats=5] [type, e.g. q4_K: only that one]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -43,6 +43,7 @@ double time_gemv(VecDotFn dot, int64_t n, const uint8_t *w, size_t row_bytes, in
 int main(int argc, char **argv) {
     const double megabytes = argc > 1 ? std::atof(argv[1]) : 96.0;
     const int repeats = argc > 2 ? std::atoi(argv[2]) : 5;
+    const char *only = argc > 3 ? argv[3] : nullptr;
     const int64_t n = 4096;  // a typical embedding width; 16 blocks per row
     std::mt19937 rng(1);
 
@@ -59,6 +60,7 @@ int main(int argc, char **argv) {
                 "t4/t1");
     for (DType type : {DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K}) {
         const DTypeTraits &t = *dtype_traits(type);
+        if (only && std::strcmp(only, t.name) != 0) continue;
         const size_t row_bytes = dtype_row_size(t, n);
         const int64_t rows = int64_t(megabytes * 1e6 / double(row_bytes));
         // Random bytes with a small fp16 d and dmin in every block (field offsets differ per type, so write
