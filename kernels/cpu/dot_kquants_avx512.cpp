@@ -20,8 +20,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
-
-
 namespace flashmtp {
 
 namespace {

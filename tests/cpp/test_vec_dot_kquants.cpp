@@ -10,6 +10,7 @@
 // Weights are random bytes with sane fp16 d/dmin (covering every quant and scale value), plus all-0xFF and
 // all-0x80 blocks for the extreme integer sums; rows of 1, 3, 16 and 17 blocks at odd byte offsets.
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <random>
 #include <vector>
