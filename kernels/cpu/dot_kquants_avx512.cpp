@@ -3,11 +3,12 @@
 // rows) and the per-row integer dot. Results are bit-identical to kernels/ref/dot_kquants_ref.cpp: the block's
 // integer sums are exact in any order, and the float part is the reference's scalar sequence per row.
 //
-// Per block and activation row: vpmaddubsw (unsigned quant x signed activation -> int16 pairs, which cannot
-// saturate: 2 * 63 * 127 < 2^15) then vpdpwssd with the int16 scale of each pair's group (VNNI) into one
-// int32 accumulator; mins (or the quants' offset, for Q3_K / Q6_K) meet the activations' 16-element sums
-// through one vpmaddwd. 512-bit registers: Zen 4 splits them into 256-bit halves, but halving the
-// instruction count still helps the front end (measured in tests/cpp/bench_vec_dot_kquants.cpp).
+// Per block and activation row: vpdpbusd (unsigned quant x signed activation, 4 products per int32 lane: at
+// most 4 * 63 * 127 < 2^15 in magnitude), vpackssdw of two such registers into int16 (exact for that reason),
+// then vpdpwssd with the int16 scale of each lane's group: 6 multiplies per 256 elements instead of the 8 of
+// vpmaddubsw + vpdpwssd. Mins (or the quants' offset, for Q3_K / Q6_K) meet the activations' 16-element sums
+// through one vpmaddwd. 512-bit registers: Zen 4 splits them into 256-bit halves, but 256-bit VNNI measured
+// slower (tests/cpp/bench_vec_dot_kquants.cpp).
 #include <immintrin.h>
 
 #include <cstring>
@@ -27,7 +28,7 @@ namespace {
 // One weight block, ready for every activation row.
 struct UnpackedBlock {
     __m512i quant[4];  // [4][64] u8: element 64k + i is byte i of quant[k], without its type's offset
-    __m512i scale[4];  // [4][32] int16: lane i of scale[k] = scale of elements 64k + 2i, 64k + 2i + 1
+    __m512i scale[2];  // [2][32] int16: scales in the layout of vpackssdw(dots 2p, dots 2p + 1), see block_sums
     __m256i min;       // [16] int16: coefficient of the activations' bsums for each group of 16
     float d;
     float dmin;  // Q2_K, Q4_K, Q5_K
@@ -52,16 +53,17 @@ inline uint32_t load_u32(const uint8_t *p) {
 // vpermw indices spreading per-group int16 values over the int16 lanes of each 64-element register (a
 // constant table, not registers built at start-up: static initialisers run on CPUs without AVX-512 too).
 struct ScaleIndex {
-    alignas(64) int16_t per16[4][32];  // groups of 16 elements: lane i of register k takes group 4k + i / 8
-    alignas(64) int16_t per32[4][32];  // groups of 32 (Q4_K, Q5_K): lane i of register k takes group 2k + i / 16
+    alignas(64) int16_t per16[2][32];  // groups of 16 elements, in the layout of UnpackedBlock::scale
+    alignas(64) int16_t per32[2][32];  // the same from groups of 32 (Q4_K, Q5_K)
     alignas(32) int16_t min_per32[16];  // 8 mins of 32-element groups -> 16 bsums groups: lane i takes 8 + i / 2
 };
 constexpr ScaleIndex make_scale_index() {
     ScaleIndex t{};
-    for (int k = 0; k < 4; ++k) {
+    for (int p = 0; p < 2; ++p) {
         for (int i = 0; i < 32; ++i) {
-            t.per16[k][i] = int16_t(4 * k + i / 8);
-            t.per32[k][i] = int16_t(2 * k + i / 16);
+            const int group = 4 * (2 * p + (i % 8) / 4) + i / 8;
+            t.per16[p][i] = int16_t(group);
+            t.per32[p][i] = int16_t(group / 2);
         }
     }
     for (int i = 0; i < 16; ++i) t.min_per32[i] = int16_t(8 + i / 2);
@@ -71,7 +73,7 @@ constexpr ScaleIndex kIndex = make_scale_index();
 
 inline void spread_scales_per16(__m256i scales16, UnpackedBlock &u) {
     const __m512i s = _mm512_castsi256_si512(scales16);
-    for (int k = 0; k < 4; ++k) u.scale[k] = _mm512_permutexvar_epi16(_mm512_load_si512(kIndex.per16[k]), s);
+    for (int p = 0; p < 2; ++p) u.scale[p] = _mm512_permutexvar_epi16(_mm512_load_si512(kIndex.per16[p]), s);
 }
 
 // Byte masks selecting, for register k, bit 2k in its first 32 bytes and bit 2k + 1 in its last 32: the
@@ -163,7 +165,7 @@ inline void split_nibbles(const uint8_t *qs, UnpackedBlock &u) {
 
 inline void spread_scale_min_k4(__m256i scale_min, UnpackedBlock &u) {
     const __m512i s = _mm512_castsi256_si512(scale_min);
-    for (int k = 0; k < 4; ++k) u.scale[k] = _mm512_permutexvar_epi16(_mm512_load_si512(kIndex.per32[k]), s);
+    for (int p = 0; p < 2; ++p) u.scale[p] = _mm512_permutexvar_epi16(_mm512_load_si512(kIndex.per32[p]), s);
     u.min = _mm256_permutexvar_epi16(
         _mm256_load_si256(reinterpret_cast<const __m256i *>(kIndex.min_per32)), scale_min);
 }
@@ -225,13 +227,16 @@ struct Q6K {
 
 // Integer sums of one block with one activation row, still spread over lanes: the sum of acc's lanes is
 // sum_i scale * quant * x, the sum of min's lanes is sum_g min_g * bsums_g (both exact int32).
+// dots[k] lane l covers elements 64k + 4l .. + 3, all in group 4k + l / 4; vpackssdw interleaves two registers
+// per 128-bit lane L as [dots[2p] lanes 4L..4L+3, dots[2p+1] lanes 4L..4L+3], the order of u.scale[p].
 inline void block_sums(const UnpackedBlock &u, const uint8_t *xb, __m256i &acc, __m256i &min) {
     const uint8_t *qs = xb + offsetof(block_q8_K, qs);
-    __m512i a = _mm512_setzero_si512();
+    __m512i dots[4];
     for (int k = 0; k < 4; ++k) {
-        const __m512i pairs = _mm512_maddubs_epi16(u.quant[k], _mm512_loadu_si512(qs + 64 * k));
-        a = _mm512_dpwssd_epi32(a, pairs, u.scale[k]);
+        dots[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.quant[k], _mm512_loadu_si512(qs + 64 * k));
     }
+    __m512i a = _mm512_madd_epi16(_mm512_packs_epi32(dots[0], dots[1]), u.scale[0]);
+    a = _mm512_dpwssd_epi32(a, _mm512_packs_epi32(dots[2], dots[3]), u.scale[1]);
     acc = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
     const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xb + offsetof(block_q8_K, bsums)));
     min = _mm256_madd_epi16(bsums, u.min);
