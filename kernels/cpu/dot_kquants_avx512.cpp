@@ -7,8 +7,8 @@
 // most 4 * 63 * 127 < 2^15 in magnitude), vpackssdw of two such registers into int16 (exact for that reason),
 // then vpdpwssd with the int16 scale of each lane's group: 6 multiplies per 256 elements instead of the 8 of
 // vpmaddubsw + vpdpwssd. Mins (or the quants' offset, for Q3_K / Q6_K) meet the activations' 16-element sums
-// through one vpmaddwd. 512-bit registers: Zen 4 splits them into 256-bit halves, but 256-bit VNNI measured
-// slower (tests/cpp/bench_vec_dot_kquants.cpp).
+// through one vpmaddwd. 512-bit registers: Zen 4 splits them into 256-bit halves, yet a 256-bit VNNI variant
+// (twice the instructions, registers spilled) measured about 12% slower (tests/cpp/bench_vec_dot_kquants.cpp).
 #include <immintrin.h>
 
 #include <cstring>
