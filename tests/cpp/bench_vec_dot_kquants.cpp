@@ -1,6 +1,7 @@
 // Microbenchmark (not a test): single-threaded K-quant GEMV through every ISA table, streaming a weight
 // matrix larger than the caches, for n_x = 1, 2, 4 activation rows per weight row. Prints GB/s of weights
-// read and the time of n_x rows relative to one row (the cost of batching drafted tokens).
+// read and the time of n_x rows relative to one row (the cost of batching drafted tokens); a plain sum over the
+// same buffer ("read") gives the bandwidth they compare to.
 // Usage: bench_vec_dot_kquants [megabytes=96] [repeats=5] [type, e.g. q4_K: only that one]
 #include <algorithm>
 #include <cstdio>
@@ -34,6 +35,29 @@ double time_gemv(VecDotFn dot, int64_t n, const uint8_t *w, size_t row_bytes, in
         for (int64_t r = 0; r < rows; ++r) dot(n, w + r * row_bytes, x, x_stride, n_x, &y[r * VEC_DOT_MAX_X]);
         times.push_back(thread_seconds() - start);
     }
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+}
+
+// Median seconds to stream `bytes` through a plain sum: the read bandwidth the kernels are measured against,
+// in the same run (on a shared machine it moves from minute to minute).
+double time_read(const uint8_t *p, size_t bytes, int repeats) {
+    std::vector<double> times;
+    uint64_t total = 0;
+    for (int rep = 0; rep < repeats; ++rep) {
+        const double start = thread_seconds();
+        uint64_t s[8] = {};
+        for (size_t i = 0; i + 64 <= bytes; i += 64) {
+            for (int j = 0; j < 8; ++j) {
+                uint64_t v;
+                std::memcpy(&v, p + i + 8 * j, 8);
+                s[j] += v;
+            }
+        }
+        times.push_back(thread_seconds() - start);
+        for (uint64_t v : s) total += v;
+    }
+    if (total == 42) std::printf(" ");  // keeps the sums alive
     std::sort(times.begin(), times.end());
     return times[times.size() / 2];
 }
@@ -75,6 +99,7 @@ int main(int argc, char **argv) {
             std::memcpy(blk + t.type_size - 2, &small, 2);
             std::memcpy(blk + t.type_size - 4, &small, 2);
         }
+        std::printf("%-5s %-7s %9.2f\n", t.name, "read", double(w.size()) / 1e9 / time_read(w.data(), w.size(), repeats));
         for (int isa = 0; isa < ISA_COUNT; ++isa) {
             const KernelTable *table = kernels_for(Isa(isa));
             if (!table || !table->vec_dot[type]) continue;
