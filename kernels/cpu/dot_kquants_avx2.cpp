@@ -8,6 +8,7 @@
 // quants' offset, for Q3_K / Q6_K) meet the activations' 16-element sums through one more vpmaddwd.
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include "../kernel_fill.h"
@@ -27,7 +28,7 @@ struct UnpackedBlock {
 };
 
 // Weights stream from memory once; the hardware prefetcher alone leaves the core waiting, most of all when
-// four activation rows lengthen the work per block. 2 KiB ahead measured best on Zen 4 (1 KiB to 4 KiB tried).
+// four activation rows lengthen the work per block. 2 KiB ahead, as in the AVX-512 file.
 constexpr size_t kPrefetchBytes = 2048;
 
 inline float load_fp16(const uint8_t *p) {
@@ -48,7 +49,7 @@ inline __m256i load_256(const uint8_t *p) { return _mm256_loadu_si256(reinterpre
 struct SpreadControl {
     alignas(32) int8_t per16[4][32];  // from 8 int16 in both lanes: lane 0 takes value 2k, lane 1 value 2k + 1
     alignas(32) int8_t per32[8][32];  // from 8 int16 in both lanes: every int16 takes value k
-    alignas(32) int8_t pairs[32];     // from 8 int16 in both lanes: value i / 2 (lane 0), 4 + i / 2 (lane 1)
+    alignas(32) int8_t pairs[32];     // from 8 int16 in both lanes: int16 j of lane L takes value 4L + j / 2
 };
 constexpr SpreadControl make_spread_control() {
     SpreadControl t{};

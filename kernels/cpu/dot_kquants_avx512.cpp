@@ -11,6 +11,7 @@
 // (twice the instructions, registers spilled) measured about 12% slower (tests/cpp/bench_vec_dot_kquants.cpp).
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include "../kernel_fill.h"
