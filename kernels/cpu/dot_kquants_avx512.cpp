@@ -130,10 +130,12 @@ struct Q3K {
         const uint8_t *s = b + offsetof(block_q3_K, scales);
         const uint32_t s0 = load_u32(s), s1 = load_u32(s + 4), s2 = load_u32(s + 8);
         const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
-        const __m128i packed = _mm_setr_epi32(int((s0 & m4) | ((s2 & m2) << 4)),
-                                              int((s1 & m4) | (((s2 >> 2) & m2) << 4)),
-                                              int(((s0 >> 4) & m4) | (((s2 >> 4) & m2) << 4)),
-                                              int(((s1 >> 4) & m4) | (((s2 >> 6) & m2) << 4)));
+        // Paired into 64-bit words in general registers: two transfers to the vector unit instead of four
+        // (measured 5% faster here; the same change made Q4_K slower).
+        const uint64_t g0_7 = uint64_t((s0 & m4) | ((s2 & m2) << 4)) | uint64_t((s1 & m4) | (((s2 >> 2) & m2) << 4)) << 32;
+        const uint64_t g8_15 = uint64_t(((s0 >> 4) & m4) | (((s2 >> 4) & m2) << 4)) |
+                               uint64_t(((s1 >> 4) & m4) | (((s2 >> 6) & m2) << 4)) << 32;
+        const __m128i packed = _mm_set_epi64x(int64_t(g8_15), int64_t(g0_7));
         const __m256i scales = _mm256_sub_epi16(_mm256_cvtepu8_epi16(packed), _mm256_set1_epi16(32));
         spread_scales_per16(scales, u);
         u.min = _mm256_slli_epi16(scales, 2);
