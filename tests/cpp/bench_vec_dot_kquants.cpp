@@ -99,7 +99,8 @@ int main(int argc, char **argv) {
             std::memcpy(blk + t.type_size - 2, &small, 2);
             std::memcpy(blk + t.type_size - 4, &small, 2);
         }
-        std::printf("%-5s %-7s %9.2f\n", t.name, "read", double(w.size()) / 1e9 / time_read(w.data(), w.size(), repeats));
+        const double read_seconds = time_read(w.data(), w.size(), repeats);
+        std::printf("%-5s %-7s %9.2f\n", t.name, "read", double(w.size()) / 1e9 / read_seconds);
         for (int isa = 0; isa < ISA_COUNT; ++isa) {
             const KernelTable *table = kernels_for(Isa(isa));
             if (!table || !table->vec_dot[type]) continue;
