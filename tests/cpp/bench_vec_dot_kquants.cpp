@@ -1,0 +1,120 @@
+// Microbenchmark (not a test): single-threaded K-quant GEMV through every ISA table, streaming a weight
+// matrix larger than the caches, for n_x = 1, 2, 4 activation rows per weight row. Prints GB/s of weights
+// read and the time of n_x rows relative to one row (the cost of batching drafted tokens); a plain sum over the
+// same buffer ("read") gives the bandwidth they compare to.
+// Usage: bench_vec_dot_kquants [megabytes=96] [repeats=5] [type, e.g. q4_K: only that one]
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <random>
+#include <vector>
+
+#include "kernels.h"
+#include "quant_blocks.h"
+
+using namespace flashmtp;
+
+namespace {
+
+// This thread's CPU seconds: the machines are shared, and wall time would count other processes' slices.
+double thread_seconds() {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// Median seconds (of this thread's CPU time) of `repeats` passes of y[row] = dot(w[row], x[0..n_x)) over all rows.
+double time_gemv(VecDotFn dot, int64_t n, const uint8_t *w, size_t row_bytes, int64_t rows, const uint8_t *x,
+                 size_t x_stride, int n_x, int repeats) {
+    std::vector<double> times;
+    std::vector<float> y(size_t(rows) * VEC_DOT_MAX_X);
+    for (int rep = 0; rep < repeats; ++rep) {
+        const double start = thread_seconds();
+        for (int64_t r = 0; r < rows; ++r) dot(n, w + r * row_bytes, x, x_stride, n_x, &y[r * VEC_DOT_MAX_X]);
+        times.push_back(thread_seconds() - start);
+    }
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+}
+
+// Median seconds to stream `bytes` through a plain sum: the read bandwidth the kernels are measured against,
+// in the same run (on a shared machine it moves from minute to minute).
+double time_read(const uint8_t *p, size_t bytes, int repeats) {
+    std::vector<double> times;
+    uint64_t total = 0;
+    for (int rep = 0; rep < repeats; ++rep) {
+        const double start = thread_seconds();
+        uint64_t s[8] = {};
+        for (size_t i = 0; i + 64 <= bytes; i += 64) {
+            for (int j = 0; j < 8; ++j) {
+                uint64_t v;
+                std::memcpy(&v, p + i + 8 * j, 8);
+                s[j] += v;
+            }
+        }
+        times.push_back(thread_seconds() - start);
+        for (uint64_t v : s) total += v;
+    }
+    if (total == 42) std::printf(" ");  // keeps the sums alive
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    const double megabytes = argc > 1 ? std::atof(argv[1]) : 96.0;
+    const int repeats = argc > 2 ? std::atoi(argv[2]) : 5;
+    const char *only = argc > 3 ? argv[3] : nullptr;
+    const int64_t n = 4096;  // a typical embedding width; 16 blocks per row
+    std::mt19937 rng(1);
+
+    std::vector<float> xf(n);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    const size_t x_stride = dtype_row_size(*dtype_traits(DTYPE_Q8_K), n);
+    std::vector<uint8_t> x(x_stride * VEC_DOT_MAX_X);
+    for (int r = 0; r < VEC_DOT_MAX_X; ++r) {
+        for (float &v : xf) v = normal(rng);
+        quantize_row_q8_K(xf.data(), x.data() + r * x_stride, n);
+    }
+
+    std::printf("%-5s %-7s %9s %9s %9s %8s %8s\n", "type", "isa", "GB/s x1", "GB/s x2", "GB/s x4", "t2/t1",
+                "t4/t1");
+    for (DType type : {DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K}) {
+        const DTypeTraits &t = *dtype_traits(type);
+        if (only && std::strcmp(only, t.name) != 0) continue;
+        const size_t row_bytes = dtype_row_size(t, n);
+        const int64_t rows = int64_t(megabytes * 1e6 / double(row_bytes));
+        // Random bytes with a small fp16 d and dmin in every block (field offsets differ per type, so write
+        // them everywhere a block could keep them: the value of the other bytes does not change the speed).
+        std::vector<uint8_t> w(row_bytes * rows);
+        for (auto &b : w) b = uint8_t(rng());
+        const uint16_t small = fp32_to_fp16(0.01f);
+        for (size_t b = 0; b < w.size() / t.type_size; ++b) {
+            uint8_t *blk = &w[b * t.type_size];
+            std::memcpy(blk, &small, 2);
+            std::memcpy(blk + 2, &small, 2);
+            std::memcpy(blk + t.type_size - 2, &small, 2);
+            std::memcpy(blk + t.type_size - 4, &small, 2);
+        }
+        const double read_seconds = time_read(w.data(), w.size(), repeats);
+        std::printf("%-5s %-7s %9.2f\n", t.name, "read", double(w.size()) / 1e9 / read_seconds);
+        for (int isa = 0; isa < ISA_COUNT; ++isa) {
+            const KernelTable *table = kernels_for(Isa(isa));
+            if (!table || !table->vec_dot[type]) continue;
+            const int reps = isa == ISA_SCALAR ? 1 : repeats;
+            double sec[3];
+            const int n_xs[3] = {1, 2, 4};
+            for (int i = 0; i < 3; ++i) {
+                sec[i] = time_gemv(table->vec_dot[type], n, w.data(), row_bytes, rows, x.data(), x_stride, n_xs[i],
+                                   reps);
+            }
+            const double gb = double(w.size()) / 1e9;
+            std::printf("%-5s %-7s %9.2f %9.2f %9.2f %8.2f %8.2f\n", t.name, isa_name(Isa(isa)), gb / sec[0],
+                        gb / sec[1], gb / sec[2], sec[1] / sec[0], sec[2] / sec[0]);
+        }
+    }
+    return 0;
+}
