@@ -29,6 +29,18 @@ inline uint32_t load_u32(const uint8_t *p) {
 
 inline float load_fp16(const uint8_t *p) { return _cvtsh_ss(load_u16(p)); }
 
+// 8 fp16 fields, `stride` bytes apart, as floats (with kFull false only the first count, the rest 0). The
+// halves are assembled in general registers, idle in these vector-bound kernels, and converted by one vcvtph2ps.
+template <size_t stride, bool kFull>
+inline __m256 load_fp16x8(const uint8_t *p, int count) {
+    uint64_t lo = 0, hi = 0;
+    for (int j = 0; j < 4; ++j) {
+        if (kFull || j < count) lo |= uint64_t(load_u16(p + j * stride)) << (16 * j);
+        if (kFull || j + 4 < count) hi |= uint64_t(load_u16(p + (j + 4) * stride)) << (16 * j);
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x(int64_t(hi), int64_t(lo)));
+}
+
 // Sum of the 8 lanes in one fixed order (halves, then pairs): every row of every call reduces the same way.
 inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -38,10 +50,10 @@ inline float hsum_ps(__m256 v) {
 }
 
 // 16 bytes of packed nibbles -> 32 bytes in element order: low nibbles are elements 0..15, high ones 16..31.
+// The 16 bytes go to both halves (a broadcast load costs no ALU op), the upper half is shifted by 4.
 inline __m256i unpack_nibbles(const uint8_t *qs) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i *>(qs));
-    const __m128i mask = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i *>(qs)));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0f));
 }
 
 // Bit j of the little-endian 32-bit qh -> byte j = 0xff if set, 0 if not.
@@ -54,127 +66,155 @@ inline __m256i unpack_bits(const uint8_t *qh) {
 }
 
 // ---- weight blocks --------------------------------------------------------------------------------------------
-// unpack() gives the block's 32 integer weights in element order and its scales; element j = d * q[j] + m.
-// Signed types feed q to the sign trick (|q| as the unsigned operand); unsigned ones (those with a min) use q
-// directly as the unsigned operand and also need the activation block's plain sum.
+// unpack() gives the block's 32 integer weights in element order; scales() the d (and m) of up to 8 consecutive
+// blocks; element j of a block = d * q[j] + m. Signed types feed q to the sign trick (|q| as the unsigned
+// operand); unsigned ones (those with a min) use q directly and also need the activation block's plain sum.
 
-struct WeightBlock {
-    __m256i q;  // [32] int8 (signed types) or uint8 (types with a min)
-    float d;
-    float m;
-};
-
-struct BlockQ4_0 {
-    static constexpr size_t size = 18;
-    static constexpr bool has_min = false;
-    static WeightBlock unpack(const uint8_t *b) {
-        return {_mm256_sub_epi8(unpack_nibbles(b + 2), _mm256_set1_epi8(8)), load_fp16(b), 0.0f};
+template <size_t block_size, bool with_min>
+struct BlockFp16Scales {
+    static constexpr size_t size = block_size;
+    static constexpr bool has_min = with_min;
+    template <bool kFull>
+    static void scales(const uint8_t *w, int count, __m256 &d, __m256 &m) {
+        d = load_fp16x8<block_size, kFull>(w, count);
+        m = with_min ? load_fp16x8<block_size, kFull>(w + 2, count) : _mm256_setzero_ps();
     }
 };
 
-struct BlockQ4_1 {
-    static constexpr size_t size = 20;
-    static constexpr bool has_min = true;
-    static WeightBlock unpack(const uint8_t *b) { return {unpack_nibbles(b + 4), load_fp16(b), load_fp16(b + 2)}; }
+struct BlockQ4_0 : BlockFp16Scales<18, false> {
+    static __m256i unpack(const uint8_t *b) { return _mm256_sub_epi8(unpack_nibbles(b + 2), _mm256_set1_epi8(8)); }
 };
 
-struct BlockQ5_0 {
-    static constexpr size_t size = 22;
-    static constexpr bool has_min = false;
-    static WeightBlock unpack(const uint8_t *b) {
+struct BlockQ4_1 : BlockFp16Scales<20, true> {
+    static __m256i unpack(const uint8_t *b) { return unpack_nibbles(b + 4); }
+};
+
+struct BlockQ5_0 : BlockFp16Scales<22, false> {
+    static __m256i unpack(const uint8_t *b) {
         // q - 16 = nibble - 16 when the fifth bit is clear, which in int8 is the nibble with 0xf0 or-ed in.
         const __m256i high_clear = _mm256_andnot_si256(unpack_bits(b + 2), _mm256_set1_epi8(int8_t(0xf0)));
-        return {_mm256_or_si256(unpack_nibbles(b + 6), high_clear), load_fp16(b), 0.0f};
+        return _mm256_or_si256(unpack_nibbles(b + 6), high_clear);
     }
 };
 
-struct BlockQ5_1 {
-    static constexpr size_t size = 24;
-    static constexpr bool has_min = true;
-    static WeightBlock unpack(const uint8_t *b) {
-        const __m256i high = _mm256_and_si256(unpack_bits(b + 4), _mm256_set1_epi8(0x10));
-        return {_mm256_or_si256(unpack_nibbles(b + 8), high), load_fp16(b), load_fp16(b + 2)};
+struct BlockQ5_1 : BlockFp16Scales<24, true> {
+    static __m256i unpack(const uint8_t *b) {
+        return _mm256_or_si256(unpack_nibbles(b + 8), _mm256_and_si256(unpack_bits(b + 4), _mm256_set1_epi8(0x10)));
     }
 };
 
-struct BlockQ8_0 {
-    static constexpr size_t size = 34;
-    static constexpr bool has_min = false;
-    static WeightBlock unpack(const uint8_t *b) {
-        return {_mm256_loadu_si256(reinterpret_cast<const __m256i *>(b + 2)), load_fp16(b), 0.0f};
-    }
+struct BlockQ8_0 : BlockFp16Scales<34, false> {
+    static __m256i unpack(const uint8_t *b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(b + 2)); }
 };
-
-// 2^(e-128): the E8M0 scale halved, matching the doubled E2M1 table (exact for every e, see dot_ref.cpp).
-inline float mxfp4_half_scale(uint8_t e) {
-    const uint32_t bits = e < 2 ? 0x00200000u << e : uint32_t(e - 1) << 23;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
 
 struct BlockMxfp4 {
     static constexpr size_t size = 17;
     static constexpr bool has_min = false;
-    static WeightBlock unpack(const uint8_t *b) {
+    // 2^(e-128): the E8M0 scale halved to match the doubled E2M1 table, exact for every e (see dot_ref.cpp).
+    template <bool kFull>
+    static void scales(const uint8_t *w, int count, __m256 &d, __m256 &m) {
+        alignas(32) uint32_t bits[8] = {};
+        for (int k = 0; k < 8; ++k) {
+            const uint32_t e = kFull || k < count ? w[k * size] : 0;
+            bits[k] = e < 2 ? 0x00200000u << e : (e - 1) << 23;
+        }
+        d = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i *>(bits)));
+        m = _mm256_setzero_ps();
+    }
+    static __m256i unpack(const uint8_t *b) {
         const __m256i doubled = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,  //
                                                  0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
-        return {_mm256_shuffle_epi8(doubled, unpack_nibbles(b + 1)), mxfp4_half_scale(b[0]), 0.0f};
+        return _mm256_shuffle_epi8(doubled, unpack_nibbles(b + 1));
     }
 };
 
 // ---- the row kernel -------------------------------------------------------------------------------------------
-// Per activation row: two accumulators of 8 float lanes (even blocks into acc[0], odd ones into acc[1], a last
-// odd block into acc[0]) so that consecutive blocks' FMAs do not wait on each other; each block adds
+// Blocks go in groups of 8: first the group's float scales d_w * d_x (and m_w * d_x) of every row, 8 at a time,
+// into a small stack array, then the integer dots. Per activation row, IntDot::accumulators accumulators of 8
+// float lanes take the blocks in turn, so that consecutive blocks' FMAs do not wait on each other; each block adds
 //     acc = fma(broadcast(d_w * d_x), float(8 lane partial sums of q_w * q_x), acc)      [+ the min term]
-// and the row ends with hsum_ps(acc[0] + acc[1]). Rows share the unpacked weight block and nothing else, and
-// each row's sequence of float operations does not depend on NX or on the row's slot: batch invariant.
+// and the row ends with a fixed pairwise sum of its accumulators and hsum_ps. Rows share the unpacked weight
+// block and the weight scales; each row's float operations do not depend on NX or on the row's slot (kernels.h).
 // Activation values must lie in [-127, 127] (the Q8_0 quantizer guarantees it) for the sign trick.
 
 constexpr size_t kQ8_0Size = 34;
+constexpr int kGroup = 8;
 
-template <class IntDot, class Block>
-inline void accumulate_block(const WeightBlock &wb, const __m256i &wabs, const uint8_t *xb, __m256 &acc) {
-    const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xb + 2));
-    const float dx = load_fp16(xb);
-    if constexpr (Block::has_min) {
-        const __m256 prod = _mm256_cvtepi32_ps(IntDot::dot(wb.q, xq));
-        const __m256 xsum = _mm256_cvtepi32_ps(IntDot::dot(_mm256_set1_epi8(1), xq));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * dx), prod, acc);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.m * dx), xsum, acc);
-    } else {
-        // q_w * q_x = |q_w| * (q_x with q_w's sign): unsigned times signed, which is what the int8 dots take.
-        const __m256 prod = _mm256_cvtepi32_ps(IntDot::dot(wabs, _mm256_sign_epi8(xq, wb.q)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * dx), prod, acc);
+template <class IntDot, class Block, int NX>
+inline void accumulate_rows(const uint8_t *wb, const uint8_t *x, size_t x_stride, const float *d, const float *m,
+                            __m256 (&acc)[NX]) {
+    const __m256i q = Block::unpack(wb);
+    const __m256i q_abs = _mm256_sign_epi8(q, q);
+#pragma GCC unroll 4
+    for (int r = 0; r < NX; ++r) {
+        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x + r * x_stride + 2));
+        if constexpr (Block::has_min) {
+            const __m256 prod = _mm256_cvtepi32_ps(IntDot::dot(q, xq));
+            const __m256 xsum = _mm256_cvtepi32_ps(IntDot::dot(_mm256_set1_epi8(1), xq));
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(d + r * kGroup), prod, acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(m + r * kGroup), xsum, acc[r]);
+        } else {
+            // q_w * q_x = |q_w| * (q_x with q_w's sign): unsigned times signed, which is what the int8 dots take.
+            const __m256 prod = _mm256_cvtepi32_ps(IntDot::dot(q_abs, _mm256_sign_epi8(xq, q)));
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(d + r * kGroup), prod, acc[r]);
+        }
     }
 }
 
-// Unpacks weight block b once and adds it into accumulator `slot` of every row.
-template <class IntDot, class Block, int NX>
-inline void accumulate_rows(const uint8_t *w, const uint8_t *x, size_t x_stride, int64_t b, __m256 (&acc)[NX][2],
-                            int slot) {
-    const uint8_t *wp = w + b * Block::size;
-    // Eight cache lines ahead: the hardware prefetcher alone leaves single-thread GEMV short of bandwidth.
-    _mm_prefetch(reinterpret_cast<const char *>(wp) + 512, _MM_HINT_T0);
-    const WeightBlock wb = Block::unpack(wp);
-    const __m256i wabs = _mm256_sign_epi8(wb.q, wb.q);
+// One group of kGroup blocks (kFull) or the row's last, shorter one (count blocks, read without going past them).
+// acc[j] takes the blocks whose index is j modulo kAcc: kAcc independent FMA chains per row.
+template <class IntDot, class Block, int NX, bool kFull>
+inline void accumulate_group(const uint8_t *w, const uint8_t *x, size_t x_stride, int count,
+                             __m256 (&acc)[IntDot::accumulators][NX]) {
+    constexpr int kAcc = IntDot::accumulators;
+    alignas(32) float d[NX][kGroup];  // d_w * d_x
+    alignas(32) float m[NX][kGroup];  // m_w * d_x (types with a min)
+    __m256 dw, mw;
+    Block::template scales<kFull>(w, count, dw, mw);
+#pragma GCC unroll 4
     for (int r = 0; r < NX; ++r) {
-        accumulate_block<IntDot, Block>(wb, wabs, x + r * x_stride + b * kQ8_0Size, acc[r][slot]);
+        const __m256 dx = load_fp16x8<kQ8_0Size, kFull>(x + r * x_stride, count);
+        _mm256_store_ps(d[r], _mm256_mul_ps(dw, dx));
+        if (Block::has_min) _mm256_store_ps(m[r], _mm256_mul_ps(mw, dx));
+    }
+    for (int k = 0; k < kGroup; k += kAcc) {
+#pragma GCC unroll 4
+        for (int j = 0; j < kAcc; ++j) {
+            if (kFull || k + j < count) {
+                accumulate_rows<IntDot, Block, NX>(w + (k + j) * Block::size, x + (k + j) * kQ8_0Size, x_stride,
+                                                   &d[0][k + j], &m[0][k + j], acc[j]);
+            }
+        }
     }
 }
 
 template <class IntDot, class Block, int NX>
 void vec_dot_blocks_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
+    constexpr int kAcc = IntDot::accumulators;
+    static_assert(kGroup % kAcc == 0, "a block's accumulator must not depend on where groups start");
     const int64_t nb = n / 32;
-    __m256 acc[NX][2];
-    for (int r = 0; r < NX; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-        accumulate_rows<IntDot, Block, NX>(w, x, x_stride, b, acc, 0);
-        accumulate_rows<IntDot, Block, NX>(w, x, x_stride, b + 1, acc, 1);
+    __m256 acc[kAcc][NX];
+    for (int j = 0; j < kAcc; ++j) {
+        for (int r = 0; r < NX; ++r) acc[j][r] = _mm256_setzero_ps();
     }
-    if (b < nb) accumulate_rows<IntDot, Block, NX>(w, x, x_stride, b, acc, 0);
-    for (int r = 0; r < NX; ++r) out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
+    int64_t b = 0;
+    for (; b + kGroup <= nb; b += kGroup) {
+        // Eight cache lines ahead: the hardware prefetcher alone leaves one thread short of bandwidth.
+        for (size_t line = 0; line < kGroup * Block::size; line += 64) {
+            _mm_prefetch(reinterpret_cast<const char *>(w + b * Block::size + line) + 512, _MM_HINT_T0);
+        }
+        accumulate_group<IntDot, Block, NX, true>(w + b * Block::size, x + b * kQ8_0Size, x_stride, kGroup, acc);
+    }
+    if (b < nb) {
+        accumulate_group<IntDot, Block, NX, false>(w + b * Block::size, x + b * kQ8_0Size, x_stride, int(nb - b), acc);
+    }
+    // Pairwise: acc[0] + acc[1] for two accumulators, (acc[0] + acc[2]) + (acc[1] + acc[3]) for four.
+    for (int width = kAcc / 2; width >= 1; width /= 2) {
+        for (int j = 0; j < width; ++j) {
+            for (int r = 0; r < NX; ++r) acc[j][r] = _mm256_add_ps(acc[j][r], acc[j + width][r]);
+        }
+    }
+    for (int r = 0; r < NX; ++r) out[r] = hsum_ps(acc[0][r]);
 }
 
 template <class IntDot, class Block>
