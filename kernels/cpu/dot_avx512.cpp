@@ -3,6 +3,8 @@
 // The float types keep the AVX2 kernels, filled into this table first (dispatch.cpp).
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "../kernel_fill.h"
 #include "dot_x86.h"
 
@@ -15,8 +17,87 @@ struct IntDotVnni {
     static __m256i dot(__m256i u, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s); }
 };
 
+// ---- float weights --------------------------------------------------------------------------------------------
+// Per row: two accumulators of 16 lanes over 32 elements a step (elements i and i + 16 of each step), the tail
+// zero-padded to a full step, ending with hsum_ps(low half + high half of acc[0] + acc[1]).
+
+struct LoadF32 {
+    static constexpr size_t size = 4;
+    static __m512 load16(const uint8_t *p) { return _mm512_loadu_ps(p); }
+};
+struct LoadF16 {
+    static constexpr size_t size = 2;
+    static __m512 load16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))); }
+};
+struct LoadBF16 {
+    static constexpr size_t size = 2;
+    static __m512 load16(const uint8_t *p) {
+        const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+    }
+};
+
+template <class Load, int NX>
+inline void float_step(const uint8_t *w, const uint8_t *const (&x)[NX], __m512 (&acc)[NX][2]) {
+    const __m512 w0 = Load::load16(w), w1 = Load::load16(w + 16 * Load::size);
+    for (int r = 0; r < NX; ++r) {
+        acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r]), acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r] + 64), acc[r][1]);
+    }
+}
+
+template <class Load, int NX>
+void vec_dot_float_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
+    constexpr int64_t step = 32;
+    __m512 acc[NX][2];
+    const uint8_t *xr[NX];
+    for (int r = 0; r < NX; ++r) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        xr[r] = x + r * x_stride;
+    }
+    int64_t i = 0;
+    for (; i + step <= n; i += step) {
+        const uint8_t *xi[NX];
+        for (int r = 0; r < NX; ++r) xi[r] = xr[r] + 4 * i;
+        float_step<Load, NX>(w + i * Load::size, xi, acc);
+    }
+    if (i < n) {
+        // Zero padding adds exact zeros, so the tail needs no separate code path.
+        uint8_t w_tail[step * Load::size] = {};
+        float x_tail[NX][step] = {};
+        const uint8_t *xi[NX];
+        std::memcpy(w_tail, w + i * Load::size, size_t(n - i) * Load::size);
+        for (int r = 0; r < NX; ++r) {
+            std::memcpy(x_tail[r], xr[r] + 4 * i, size_t(n - i) * 4);
+            xi[r] = reinterpret_cast<const uint8_t *>(x_tail[r]);
+        }
+        float_step<Load, NX>(w_tail, xi, acc);
+    }
+    for (int r = 0; r < NX; ++r) {
+        const __m512 s = _mm512_add_ps(acc[r][0], acc[r][1]);
+        out[r] = hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1)));
+    }
+}
+
+template <class Load>
+void vec_dot_float(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, float *out) {
+    const auto *wp = static_cast<const uint8_t *>(w);
+    const auto *xp = static_cast<const uint8_t *>(x);
+    switch (n_x) {
+        case 1: vec_dot_float_nx<Load, 1>(n, wp, xp, x_stride, out); break;
+        case 2: vec_dot_float_nx<Load, 2>(n, wp, xp, x_stride, out); break;
+        case 3: vec_dot_float_nx<Load, 3>(n, wp, xp, x_stride, out); break;
+        default: vec_dot_float_nx<Load, 4>(n, wp, xp, x_stride, out); break;
+    }
+}
+
 }  // namespace
 
-void kernel_table_fill_avx512(KernelTable &table) { fill_block_dots<IntDotVnni>(table); }
+void kernel_table_fill_avx512(KernelTable &table) {
+    table.vec_dot[DTYPE_F32] = vec_dot_float<LoadF32>;
+    table.vec_dot[DTYPE_F16] = vec_dot_float<LoadF16>;
+    table.vec_dot[DTYPE_BF16] = vec_dot_float<LoadBF16>;
+    fill_block_dots<IntDotVnni>(table);
+}
 
 }  // namespace flashmtp

@@ -113,12 +113,15 @@ struct BlockMxfp4 {
     // 2^(e-128): the E8M0 scale halved to match the doubled E2M1 table, exact for every e (see dot_ref.cpp).
     template <bool kFull>
     static void scales(const uint8_t *w, int count, __m256 &d, __m256 &m) {
-        alignas(32) uint32_t bits[8] = {};
+        uint64_t e8 = 0;  // the 8 exponent bytes, gathered in a general register
         for (int k = 0; k < 8; ++k) {
-            const uint32_t e = kFull || k < count ? w[k * size] : 0;
-            bits[k] = e < 2 ? 0x00200000u << e : (e - 1) << 23;
+            if (kFull || k < count) e8 |= uint64_t(w[k * size]) << (8 * k);
         }
-        d = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i *>(bits)));
+        const __m256i e = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(e8)));
+        const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+        const __m256i subnormal = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+        const __m256i is_subnormal = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+        d = _mm256_castsi256_ps(_mm256_blendv_epi8(normal, subnormal, is_subnormal));
         m = _mm256_setzero_ps();
     }
     static __m256i unpack(const uint8_t *b) {
@@ -199,10 +202,6 @@ void vec_dot_blocks_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_s
     }
     int64_t b = 0;
     for (; b + kGroup <= nb; b += kGroup) {
-        // Eight cache lines ahead: the hardware prefetcher alone leaves one thread short of bandwidth.
-        for (size_t line = 0; line < kGroup * Block::size; line += 64) {
-            _mm_prefetch(reinterpret_cast<const char *>(w + b * Block::size + line) + 512, _MM_HINT_T0);
-        }
         accumulate_group<IntDot, Block, NX, true>(w + b * Block::size, x + b * kQ8_0Size, x_stride, kGroup, acc);
     }
     if (b < nb) {
