@@ -11,6 +11,7 @@
 // and the K-quants): the parts can be larger than the element products they sum to.
 // Operands: random weight bytes with sane scales, random activations quantized by the scalar quantizer;
 // sizes from 1 to 8192 with ragged block counts; rows at odd addresses with odd strides.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -114,6 +115,7 @@ void check_type(DType t, std::mt19937_64 &rng) {
     }
     const int64_t sizes[] = {1, 3, 15, 16, 17, 31, 32, 33, 64, 96, 100, 224, 256, 288, 768, 1056, 4128, 4352, 8192};
     int cases = 0;
+    double worst = 0.0;  // largest |ISA - reference| as a fraction of its bound
     for (const int64_t n : sizes) {
         if (n % tr.block_size != 0) continue;
         for (int rep = 0; rep < 3; ++rep, ++cases) {
@@ -148,6 +150,7 @@ void check_type(DType t, std::mt19937_64 &rng) {
                 float single[VEC_DOT_MAX_X];
                 for (int i = 0; i < VEC_DOT_MAX_X; ++i) {
                     dot(n, r.w, r.x + i * r.x_stride, r.x_stride, 1, &single[i]);
+                    if (mass[i] > 0) worst = std::max(worst, std::fabs(double(single[i]) - double(ref[i])) / (2 * tol * mass[i]));
                     CHECK_MSG(std::fabs(double(single[i]) - double(ref[i])) <= 2 * tol * mass[i],
                               "%s %s n=%lld: %.9g vs reference %.9g (mass %.6g)", tr.name, isa_name(Isa(isa)),
                               (long long)n, double(single[i]), double(ref[i]), mass[i]);
@@ -173,7 +176,7 @@ void check_type(DType t, std::mt19937_64 &rng) {
             }
         }
     }
-    std::printf("  %s: %d cases\n", tr.name, cases);
+    std::printf("  %s: %d cases, largest ISA difference %.3g of its bound\n", tr.name, cases, worst);
 }
 
 }  // namespace
