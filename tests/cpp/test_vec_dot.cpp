@@ -130,10 +130,14 @@ void check_type(DType t, std::mt19937_64 &rng) {
             const double tol = tolerance_factor(t) * (nb + 4) * kUnitRoundoff;
 
             if (dq_w && dq_x) {
+                // Dequantized from aligned copies: only vec_dot promises to read rows at any address.
                 std::vector<float> wf(static_cast<size_t>(n)), xf(static_cast<size_t>(n));
-                dq_w(r.w, wf.data(), n);
+                std::vector<uint8_t> aligned(r.w, r.w + dtype_row_size(tr, n));
+                dq_w(aligned.data(), wf.data(), n);
                 for (int i = 0; i < VEC_DOT_MAX_X; ++i) {
-                    dq_x(r.x + i * r.x_stride, xf.data(), n);
+                    const uint8_t *xi = r.x + i * r.x_stride;
+                    aligned.assign(xi, xi + dtype_row_size(*dtype_traits(tr.vec_dot_type), n));
+                    dq_x(aligned.data(), xf.data(), n);
                     double exact = 0.0;
                     for (int64_t j = 0; j < n; ++j) exact += double(wf[j]) * double(xf[j]);
                     CHECK_MSG(std::fabs(double(ref[i]) - exact) <= tol * mass[i], "%s n=%lld: reference %.9g, float64 %.9g",

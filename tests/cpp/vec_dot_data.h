@@ -69,7 +69,10 @@ inline void random_activation_row(flashmtp::DType weight_type, int64_t n, std::m
     std::vector<float> v(static_cast<size_t>(n));
     for (float &f : v) f = unit(rng);
     const DType xt = dtype_traits(weight_type)->vec_dot_type;
-    kernels_for(ISA_SCALAR)->quantize_row[xt](v.data(), dst, n);
+    // Quantized into an aligned buffer first: dst may sit at an odd address, which only vec_dot must accept.
+    std::vector<uint8_t> row(dtype_row_size(*dtype_traits(xt), n));
+    kernels_for(ISA_SCALAR)->quantize_row[xt](v.data(), row.data(), n);
+    std::memcpy(dst, row.data(), row.size());
 }
 
 }  // namespace test
