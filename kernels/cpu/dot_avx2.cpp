@@ -4,6 +4,7 @@
 // float operations are those of n_x = 1 (kernels.h, batch invariance).
 #include <immintrin.h>
 
+#include <cassert>
 #include <cstring>
 
 #include "../kernel_fill.h"
@@ -85,11 +86,12 @@ template <class Load>
 void vec_dot_float(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, float *out) {
     const auto *wp = static_cast<const uint8_t *>(w);
     const auto *xp = static_cast<const uint8_t *>(x);
+    assert(n_x >= 1 && n_x <= VEC_DOT_MAX_X);
     switch (n_x) {
         case 1: vec_dot_float_nx<Load, 1>(n, wp, xp, x_stride, out); break;
         case 2: vec_dot_float_nx<Load, 2>(n, wp, xp, x_stride, out); break;
         case 3: vec_dot_float_nx<Load, 3>(n, wp, xp, x_stride, out); break;
-        default: vec_dot_float_nx<Load, 4>(n, wp, xp, x_stride, out); break;
+        case 4: vec_dot_float_nx<Load, 4>(n, wp, xp, x_stride, out); break;
     }
 }
 
