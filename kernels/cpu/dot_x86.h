@@ -10,6 +10,7 @@
 #include <cassert>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "../kernels.h"
 
@@ -166,11 +167,12 @@ inline void accumulate_rows(const uint8_t *wb, const uint8_t *x, size_t x_stride
 }
 
 // One group of kGroup blocks (kFull) or the row's last, shorter one (count blocks, read without going past them).
-// acc[j] takes the blocks whose index is j modulo kAcc: kAcc independent FMA chains per row.
-template <class IntDot, class Block, int NX, bool kFull>
+// acc[j] takes the blocks whose index is j modulo kAcc: kAcc independent FMA chains per row. The slots J are
+// template constants, not loop counters, so that the compiler keeps every accumulator in a register.
+template <class IntDot, class Block, int NX, bool kFull, int... J>
 inline void accumulate_group(const uint8_t *w, const uint8_t *x, size_t x_stride, int count,
-                             __m256 (&acc)[IntDot::accumulators][NX]) {
-    constexpr int kAcc = IntDot::accumulators;
+                             __m256 (&acc)[sizeof...(J)][NX], std::integer_sequence<int, J...>) {
+    constexpr int kAcc = int(sizeof...(J));
     alignas(32) float d[NX][kGroup];  // d_w * d_x
     alignas(32) float m[NX][kGroup];  // m_w * d_x (types with a min)
     __m256 dw, mw;
@@ -182,39 +184,39 @@ inline void accumulate_group(const uint8_t *w, const uint8_t *x, size_t x_stride
         if (Block::has_min) _mm256_store_ps(m[r], _mm256_mul_ps(mw, dx));
     }
     for (int k = 0; k < kGroup; k += kAcc) {
-#pragma GCC unroll 4
-        for (int j = 0; j < kAcc; ++j) {
-            if (kFull || k + j < count) {
-                accumulate_rows<IntDot, Block, NX>(w + (k + j) * Block::size, x + (k + j) * kQ8_0Size, x_stride,
-                                                   &d[0][k + j], &m[0][k + j], acc[j]);
-            }
-        }
+        ((kFull || k + J < count ? accumulate_rows<IntDot, Block, NX>(w + (k + J) * Block::size,
+                                                                      x + (k + J) * kQ8_0Size, x_stride,
+                                                                      &d[0][k + J], &m[0][k + J], acc[J])
+                                 : void()),
+         ...);
     }
 }
 
 template <class IntDot, class Block, int NX>
 void vec_dot_blocks_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
     constexpr int kAcc = IntDot::accumulators;
+    static_assert(kAcc == 2 || kAcc == 4, "the final sum below pairs two or four accumulators");
     static_assert(kGroup % kAcc == 0, "a block's accumulator must not depend on where groups start");
+    constexpr auto slots = std::make_integer_sequence<int, kAcc>();
     const int64_t nb = n / 32;
-    __m256 acc[kAcc][NX];
-    for (int j = 0; j < kAcc; ++j) {
-        for (int r = 0; r < NX; ++r) acc[j][r] = _mm256_setzero_ps();
-    }
+    __m256 acc[kAcc][NX] = {};
     int64_t b = 0;
     for (; b + kGroup <= nb; b += kGroup) {
-        accumulate_group<IntDot, Block, NX, true>(w + b * Block::size, x + b * kQ8_0Size, x_stride, kGroup, acc);
+        accumulate_group<IntDot, Block, NX, true>(w + b * Block::size, x + b * kQ8_0Size, x_stride, kGroup, acc, slots);
     }
     if (b < nb) {
-        accumulate_group<IntDot, Block, NX, false>(w + b * Block::size, x + b * kQ8_0Size, x_stride, int(nb - b), acc);
+        accumulate_group<IntDot, Block, NX, false>(w + b * Block::size, x + b * kQ8_0Size, x_stride, int(nb - b), acc,
+                                                   slots);
     }
-    // Pairwise: acc[0] + acc[1] for two accumulators, (acc[0] + acc[2]) + (acc[1] + acc[3]) for four.
-    for (int width = kAcc / 2; width >= 1; width /= 2) {
-        for (int j = 0; j < width; ++j) {
-            for (int r = 0; r < NX; ++r) acc[j][r] = _mm256_add_ps(acc[j][r], acc[j + width][r]);
+#pragma GCC unroll 4
+    for (int r = 0; r < NX; ++r) {
+        // Pairwise: acc[0] + acc[1] for two accumulators, (acc[0] + acc[2]) + (acc[1] + acc[3]) for four.
+        if constexpr (kAcc == 2) {
+            out[r] = hsum_ps(_mm256_add_ps(acc[0][r], acc[1][r]));
+        } else {
+            out[r] = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0][r], acc[2][r]), _mm256_add_ps(acc[1][r], acc[3][r])));
         }
     }
-    for (int r = 0; r < NX; ++r) out[r] = hsum_ps(acc[0][r]);
 }
 
 template <class IntDot, class Block>
