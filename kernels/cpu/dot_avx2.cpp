@@ -33,7 +33,9 @@ struct LoadF32 {
 };
 struct LoadF16 {
     static constexpr size_t size = 2;
-    static __m256 load8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p))); }
+    static __m256 load8(const uint8_t *p) {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+    }
 };
 struct LoadBF16 {
     static constexpr size_t size = 2;

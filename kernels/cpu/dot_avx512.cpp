@@ -41,7 +41,9 @@ struct LoadF32 {
 };
 struct LoadF16 {
     static constexpr size_t size = 2;
-    static __m512 load16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))); }
+    static __m512 load16(const uint8_t *p) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+    }
 };
 struct LoadBF16 {
     static constexpr size_t size = 2;

@@ -1,5 +1,6 @@
 // x86 dot products of 32-element weight blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4) against Q8_0 activations,
-// shared by dot_avx2.cpp and dot_avx512.cpp, which differ only in how 32 int8 products are summed (IntDot).
+// shared by dot_avx2.cpp and dot_avx512.cpp, which differ only in how 32 int8 products are summed and in the
+// number of accumulators per row (IntDot).
 // Everything here has internal linkage on purpose: each including file compiles its own copy with its own -m
 // flags, and the linker must never merge the AVX-512 copy into the AVX2 table (ODR).
 // Does not own: the float types (per ISA file), the K-quants, the scalar specification (kernels/ref/dot_ref.cpp).
@@ -104,12 +105,15 @@ struct BlockQ5_0 : BlockFp16Scales<22, false> {
 
 struct BlockQ5_1 : BlockFp16Scales<24, true> {
     static __m256i unpack(const uint8_t *b) {
-        return _mm256_or_si256(unpack_nibbles(b + 8), _mm256_and_si256(unpack_bits(b + 4), _mm256_set1_epi8(0x10)));
+        const __m256i high = _mm256_and_si256(unpack_bits(b + 4), _mm256_set1_epi8(0x10));
+        return _mm256_or_si256(unpack_nibbles(b + 8), high);
     }
 };
 
 struct BlockQ8_0 : BlockFp16Scales<34, false> {
-    static __m256i unpack(const uint8_t *b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(b + 2)); }
+    static __m256i unpack(const uint8_t *b) {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(b + 2));
+    }
 };
 
 struct BlockMxfp4 {
@@ -205,11 +209,12 @@ void vec_dot_blocks_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_s
     __m256 acc[kAcc][NX] = {};
     int64_t b = 0;
     for (; b + kGroup <= nb; b += kGroup) {
-        accumulate_group<IntDot, Block, NX, true>(w + b * Block::size, x + b * kQ8_0Size, x_stride, kGroup, acc, slots);
+        accumulate_group<IntDot, Block, NX, true>(w + b * Block::size, x + b * kQ8_0Size, x_stride, kGroup, acc,
+                                                  slots);
     }
     if (b < nb) {
-        accumulate_group<IntDot, Block, NX, false>(w + b * Block::size, x + b * kQ8_0Size, x_stride, int(nb - b), acc,
-                                                   slots);
+        accumulate_group<IntDot, Block, NX, false>(w + b * Block::size, x + b * kQ8_0Size, x_stride, int(nb - b),
+                                                   acc, slots);
     }
 #pragma GCC unroll 4
     for (int r = 0; r < NX; ++r) {
@@ -217,7 +222,8 @@ void vec_dot_blocks_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_s
         if constexpr (kAcc == 2) {
             out[r] = hsum_ps(_mm256_add_ps(acc[0][r], acc[1][r]));
         } else {
-            out[r] = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0][r], acc[2][r]), _mm256_add_ps(acc[1][r], acc[3][r])));
+            const __m256 even = _mm256_add_ps(acc[0][r], acc[2][r]), odd = _mm256_add_ps(acc[1][r], acc[3][r]);
+            out[r] = hsum_ps(_mm256_add_ps(even, odd));
         }
     }
 }

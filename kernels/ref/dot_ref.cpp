@@ -9,7 +9,8 @@
 //                    isum = sum_j q_w[j] * q_x[j]            and, for the types with a min, xsum = sum_j q_x[j]:
 //                  Q4_0, Q5_0, Q8_0:  sum += (d_w * d_x) * float(isum)
 //                  Q4_1, Q5_1:        sum += (d_w * d_x) * float(isum) + (m_w * d_x) * float(xsum)
-//                  MXFP4:             sum += (s_w * d_x) * float(isum), q_w the doubled E2M1 value, s_w = 2^(e-128)
+//                  MXFP4:             sum += (s_w * d_x) * float(isum)
+//                                     with q_w the doubled E2M1 value and s_w = 2^(e-128)
 // Integer sums are exact (|isum| < 2^19), so a SIMD variant differs from this only in how it orders and fuses
 // the float additions. llama.cpp pairs Q4_1/Q5_1 with Q8_1 activations that carry a precomputed d_x * xsum;
 // we keep a single activation format (Q8_0) and sum q_x per block instead.
@@ -78,7 +79,9 @@ BlockScales decode_q4_1(const void *v, int q[32]) {
 }
 
 // Q5: bit j of the little-endian 32-bit qh is the fifth bit of element j.
-uint32_t load_qh(const uint8_t qh[4]) { return uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24; }
+uint32_t load_qh(const uint8_t qh[4]) {
+    return uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24;
+}
 
 BlockScales decode_q5_0(const void *v, int q[32]) {
     const auto *b = static_cast<const block_q5_0 *>(v);

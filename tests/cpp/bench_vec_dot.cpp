@@ -102,7 +102,8 @@ int main(int argc, char **argv) {
     for (uint32_t t = 0; t < DTYPE_COUNT; ++t) {
         if (!scalar.vec_dot[t]) continue;
         const DTypeTraits &tr = *dtype_traits(t);
-        if (!opt.types.empty() && std::find(opt.types.begin(), opt.types.end(), tr.name) == opt.types.end()) continue;
+        const auto &types = opt.types;
+        if (!types.empty() && std::find(types.begin(), types.end(), tr.name) == types.end()) continue;
         if (opt.n % tr.block_size != 0) continue;
         const size_t row_bytes = dtype_row_size(tr, opt.n);
         const int64_t rows = (opt.kib << 10) / int64_t(row_bytes);
@@ -115,7 +116,9 @@ int main(int argc, char **argv) {
         }
         const size_t x_stride = dtype_row_size(*dtype_traits(tr.vec_dot_type), opt.n);
         std::vector<uint8_t> x(x_stride * VEC_DOT_MAX_X);                        // [4, x_stride]
-        for (int i = 0; i < VEC_DOT_MAX_X; ++i) test::random_activation_row(DType(t), opt.n, rng, &x[i * x_stride]);
+        for (int i = 0; i < VEC_DOT_MAX_X; ++i) {
+            test::random_activation_row(DType(t), opt.n, rng, &x[i * x_stride]);
+        }
         std::vector<float> out(size_t(rows) * VEC_DOT_MAX_X);                    // [rows, n_x]
         const double gb = double(w.size()) * 1e-9;
         const double read = read_bandwidth(w, row_bytes, rows, opt);
@@ -133,8 +136,9 @@ int main(int argc, char **argv) {
                 };
                 sec[k] = time_passes(work, rows, opt.threads, isa == ISA_SCALAR ? 1 : opt.passes);
             }
-            std::printf("%-6s %-7s %9.2f %9.2f %9.2f %6.0f%% %7.2f %7.2f\n", tr.name, isa_name(Isa(isa)), gb / sec[0],
-                        gb / sec[1], gb / sec[2], 100.0 * gb / sec[0] / read, sec[1] / sec[0], sec[2] / sec[0]);
+            std::printf("%-6s %-7s %9.2f %9.2f %9.2f %6.0f%% %7.2f %7.2f\n", tr.name, isa_name(Isa(isa)),
+                        gb / sec[0], gb / sec[1], gb / sec[2], 100.0 * gb / sec[0] / read, sec[1] / sec[0],
+                        sec[2] / sec[0]);
             std::fflush(stdout);
         }
     }

@@ -113,7 +113,8 @@ void check_type(DType t, std::mt19937_64 &rng) {
         std::printf("  %s: no dequantizer for %s in the table: oracle check skipped\n", tr.name,
                     dq_w ? dtype_traits(tr.vec_dot_type)->name : tr.name);
     }
-    const int64_t sizes[] = {1, 3, 15, 16, 17, 31, 32, 33, 64, 96, 100, 224, 256, 288, 768, 1056, 4128, 4352, 8192};
+    const int64_t sizes[] = {1,   3,   15,  16,  17,   31,   32,   33,   64,  96,
+                             100, 224, 256, 288, 768, 1056, 4128, 4352, 8192};
     int cases = 0;
     double worst = 0.0;  // largest |ISA - reference| as a fraction of its bound
     for (const int64_t n : sizes) {
@@ -140,8 +141,9 @@ void check_type(DType t, std::mt19937_64 &rng) {
                     dq_x(aligned.data(), xf.data(), n);
                     double exact = 0.0;
                     for (int64_t j = 0; j < n; ++j) exact += double(wf[j]) * double(xf[j]);
-                    CHECK_MSG(std::fabs(double(ref[i]) - exact) <= tol * mass[i], "%s n=%lld: reference %.9g, float64 %.9g",
-                              tr.name, (long long)n, double(ref[i]), exact);
+                    CHECK_MSG(std::fabs(double(ref[i]) - exact) <= tol * mass[i],
+                              "%s n=%lld: reference %.9g, float64 %.9g", tr.name, (long long)n, double(ref[i]),
+                              exact);
                 }
             }
 
@@ -154,8 +156,9 @@ void check_type(DType t, std::mt19937_64 &rng) {
                 float single[VEC_DOT_MAX_X];
                 for (int i = 0; i < VEC_DOT_MAX_X; ++i) {
                     dot(n, r.w, r.x + i * r.x_stride, r.x_stride, 1, &single[i]);
-                    if (mass[i] > 0) worst = std::max(worst, std::fabs(double(single[i]) - double(ref[i])) / (2 * tol * mass[i]));
-                    CHECK_MSG(std::fabs(double(single[i]) - double(ref[i])) <= 2 * tol * mass[i],
+                    const double diff = std::fabs(double(single[i]) - double(ref[i]));
+                    if (mass[i] > 0) worst = std::max(worst, diff / (2 * tol * mass[i]));
+                    CHECK_MSG(diff <= 2 * tol * mass[i],
                               "%s %s n=%lld: %.9g vs reference %.9g (mass %.6g)", tr.name, isa_name(Isa(isa)),
                               (long long)n, double(single[i]), double(ref[i]), mass[i]);
                 }
