@@ -77,6 +77,33 @@ py::array_t<float> dequantize(uint32_t type, py::array_t<uint8_t, py::array::c_s
     return out;
 }
 
+// uint8 [row bytes] weight row, uint8 [n_x, activation row bytes] activation rows -> float32 [n_x]
+py::array_t<float> vec_dot(uint32_t type, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> w,
+                           py::array_t<uint8_t, py::array::c_style | py::array::forcecast> x, int64_t n,
+                           const std::string &isa) {
+    const DTypeTraits &t = traits_or_throw(type);
+    check_elements(t, n);
+    const size_t w_bytes = dtype_row_size(t, n), x_bytes = dtype_row_size(*dtype_traits(t.vec_dot_type), n);
+    if (size_t(w.size()) != w_bytes) {
+        throw py::value_error(std::string(t.name) + ": a weight row of " + std::to_string(n) + " elements needs " +
+                              std::to_string(w_bytes) + " bytes, got " + std::to_string(w.size()));
+    }
+    if (x.ndim() != 2 || size_t(x.shape(1)) != x_bytes || x.shape(0) < 1 || x.shape(0) > VEC_DOT_MAX_X) {
+        throw py::value_error(std::string(t.name) + ": activations must be [n_x <= " +
+                              std::to_string(VEC_DOT_MAX_X) + ", " + std::to_string(x_bytes) + "] bytes of " +
+                              dtype_traits(t.vec_dot_type)->name);
+    }
+    VecDotFn fn = table_for(isa).vec_dot[type];
+    if (!fn) throw py::value_error(std::string("no vec_dot for weight type ") + t.name);
+    const int n_x = int(x.shape(0));
+    py::array_t<float> out(n_x);
+    {
+        py::gil_scoped_release release;
+        fn(n, w.data(), x.data(), x_bytes, n_x, out.mutable_data());
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_kernels(py::module_ &m) {
@@ -98,6 +125,9 @@ void bind_kernels(py::module_ &m) {
           "Quantize a float32 row to raw blocks of `type` (uint8 array).");
     m.def("dequantize", &dequantize, py::arg("type"), py::arg("raw"), py::arg("n"), py::arg("isa") = "",
           "Dequantize raw blocks of `type` holding n elements to float32.");
+    m.def("vec_dot", &vec_dot, py::arg("type"), py::arg("w"), py::arg("x"), py::arg("n"), py::arg("isa") = "",
+          "Dot products of one weight row of `type` (raw bytes) with 1..4 activation rows already in its "
+          "vec_dot_type (uint8 [n_x, row bytes]).");
 }
 
 }  // namespace flashmtp
