@@ -63,10 +63,17 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads) {
     }
     job_errors_.resize(size_t(n_threads));
     workers_.reserve(size_t(n_threads - 1));
-    for (int t = 1; t < n_threads; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
+    try {
+        for (int t = 1; t < n_threads; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
+    } catch (...) {  // the system refused a thread: join those started, or their destructors terminate
+        stop_workers();
+        throw;
+    }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stopping_.store(true);

@@ -46,6 +46,7 @@ private:
     void run(int64_t n_tasks, TaskFn fn, void *ctx);
     void run_share(int thread_index);  // this thread's static range of the current job
     void worker_loop(int thread_index);
+    void stop_workers();
 
     const int n_threads_;
     std::vector<std::thread> workers_;  // n_threads_ - 1 of them; thread_index = position + 1
