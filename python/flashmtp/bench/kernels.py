@@ -1,11 +1,12 @@
 """``flashmtp bench kernels``: how close each weight type's GEMV gets to the memory roofline.
 
 Decoding one token reads every weight once, so a GEMV's speed limit is the machine's read bandwidth, which
-this run measures first (summing a 1 GiB buffer on the same threads). For each weight type it then times
-``_core.matmul`` on a 4096-column matrix of >= 64 MB, alternating between two such matrices so nothing is
-served from the last-level cache, for 1, 2, 4 and 8 tokens: the 1-token time gives the effective bandwidth
-(weight bytes / time), the others show what verifying drafted tokens costs relative to decoding one.
-numpy's float32 matvec on the same shape is printed for scale. Times are medians of ``--repeats``.
+this run measures itself (summing a 1 GiB buffer on the same threads, before and after the kernels). For
+each weight type it times ``_core.matmul`` on a 4096-column matrix of >= 64 MB, alternating between two such
+matrices so nothing is served from the last-level cache, for 1, 2, 4 and 8 tokens: the 1-token time gives
+the effective bandwidth (weight bytes / time), the others show what verifying drafted tokens costs relative
+to decoding one. numpy's float32 matvec on the same shape is printed for scale. Times are medians of
+``--repeats``.
 """
 
 from __future__ import annotations
@@ -90,16 +91,22 @@ def _batch_seconds(run: Callable[[np.ndarray, np.ndarray], object], matrices: li
     return seconds
 
 
-def _result(name: str, bits: float, matrix_bytes: int, seconds: dict[int, float], bandwidth: float,
-            note: str = "") -> KernelResult:
-    gbps = matrix_bytes / seconds[1] * 1e-9
-    return KernelResult(name, bits, matrix_bytes / 2**20, seconds[1] * 1e3, gbps, gbps / bandwidth,
-                        seconds[2] / seconds[1], seconds[4] / seconds[1], seconds[8] / seconds[1], note)
+@dataclass
+class Measurement:
+    type: str
+    bits_per_weight: float
+    matrix_bytes: int
+    seconds: dict[int, float]  # batch size -> median seconds per matrix product; empty if not measured
+    note: str = ""
 
-
-def _skipped(name: str, note: str) -> KernelResult:
-    nan = float("nan")
-    return KernelResult(name, nan, nan, nan, nan, nan, nan, nan, nan, note)
+    def result(self, bandwidth: float) -> KernelResult:
+        if not self.seconds:
+            nan = float("nan")
+            return KernelResult(self.type, nan, nan, nan, nan, nan, nan, nan, nan, self.note)
+        t = self.seconds
+        gbps = self.matrix_bytes / t[1] * 1e-9
+        return KernelResult(self.type, self.bits_per_weight, self.matrix_bytes / 2**20, t[1] * 1e3, gbps,
+                            gbps / bandwidth, t[2] / t[1], t[4] / t[1], t[8] / t[1], self.note)
 
 
 def _format_table(results: list[KernelResult]) -> str:
@@ -135,34 +142,40 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
     pool = _core.ThreadPool(args.threads)
     rng = np.random.default_rng(0)
 
-    bandwidth = _core.read_bandwidth(bandwidth_bytes, pool, args.repeats)
-    print(f"flashmtp bench kernels: {_cpu_name()}, ISA {_core.isa()}, {args.threads} thread(s), "
-          f"median of {args.repeats}")
-    print(f"read bandwidth {bandwidth:.1f} GB/s ({bandwidth_bytes / 2**30:.2f} GiB buffer, "
-          f"{args.threads} thread(s)); matrices {N_COLS} columns x >= {args.size_mb:g} MB, two alternated; "
-          f"'2/4/8 tok' = time for that many tokens / time for 1")
-
+    # Measured before and after the kernels: other processes only ever lower it, so the higher is the roofline
+    # and a large gap between the two says the run was disturbed.
+    bandwidth_before = _core.read_bandwidth(bandwidth_bytes, pool, args.repeats)
     supported = set(_core.matmul_types())
-    results = []
+    measurements = []
     for name in tqdm(names, desc="weight types", leave=False):
         type_id = type_ids[name]
         if type_id not in supported:
-            results.append(_skipped(name, "no dot kernel in this build"))
+            measurements.append(Measurement(name, 0.0, 0, {}, "no dot kernel in this build"))
             continue
         info = _core.dtype_info(type_id)
         matrices = _weight_matrices(_core, type_id, matrix_bytes, rng)
         seconds = _batch_seconds(lambda w, x, t=type_id: _core.matmul(t, w, x, pool), matrices, rng,
                                  args.repeats)
         bits = 8 * info["type_size"] / info["block_size"]
-        results.append(_result(name, bits, matrices[0].nbytes, seconds, bandwidth))
+        measurements.append(Measurement(name, bits, matrices[0].nbytes, seconds))
         del matrices
 
     f32_rows = -(-matrix_bytes // (4 * N_COLS))
     numpy_matrices = [rng.standard_normal((f32_rows, N_COLS), dtype=np.float32) for _ in range(2)]
     seconds = _batch_seconds(lambda w, x: w @ x.T, numpy_matrices, rng, args.repeats)
-    results.append(_result("numpy f32 @", 32.0, numpy_matrices[0].nbytes, seconds, bandwidth,
-                           "numpy/BLAS, its own threads"))
+    measurements.append(Measurement("numpy f32 @", 32.0, numpy_matrices[0].nbytes, seconds,
+                                    "numpy/BLAS, its own threads"))
+    del numpy_matrices
+    bandwidth_after = _core.read_bandwidth(bandwidth_bytes, pool, args.repeats)
+    bandwidth = max(bandwidth_before, bandwidth_after)
 
+    results = [m.result(bandwidth) for m in measurements]
+    print(f"flashmtp bench kernels: {_cpu_name()}, ISA {_core.isa()}, {args.threads} thread(s), "
+          f"median of {args.repeats}")
+    print(f"read bandwidth {bandwidth:.1f} GB/s (before {bandwidth_before:.1f}, after {bandwidth_after:.1f}; "
+          f"{bandwidth_bytes / 2**30:.2f} GiB buffer, {args.threads} thread(s))")
+    print(f"matrices: {N_COLS} columns x >= {args.size_mb:g} MB, two alternated; '% BW' = GEMV GB/s / read "
+          f"bandwidth; 'N tok' = time for N tokens / time for 1")
     print(_format_table(results))
     with open(args.csv, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
