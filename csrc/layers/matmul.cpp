@@ -1,9 +1,9 @@
-// Loop order. GEMV and small batches are bound by reading the weights, so each weight row must come from memory
-// once per call however many tokens there are: the innermost loop passes the tokens, VEC_DOT_MAX_X at a time,
-// over one row while it sits in L1. Threads own contiguous chunks of rows (about kChunkBytes of weights), so
-// they stream disjoint regions that the hardware prefetchers follow.
-// Large batches (prefill) would push the quantized activations out of L2 (64 tokens x 4096 columns of Q8_0 is
-// 280 KB), so tokens go in blocks of kTokenBlock: a chunk's rows, still in L1/L2, are reused by every block.
+// Loop order. GEMV and small batches are bound by reading the weights, so each weight row must come from
+// memory once per call however many tokens there are: the innermost loop passes the tokens, VEC_DOT_MAX_X at
+// a time, over one row while it sits in L1. Threads own contiguous chunks of rows (about kChunkBytes of
+// weights), so they stream disjoint regions that the hardware prefetchers follow.
+// Large batches (prefill) would push the quantized activations out of L2 (64 tokens x 4096 columns of Q8_0
+// is 280 KB), so tokens go in blocks of kTokenBlock: a chunk's rows, still in L1/L2, serve every block.
 // The loop order never changes which kernel call computes an output, so it has no effect on the result bits.
 #include "layers/matmul.h"
 
@@ -33,8 +33,8 @@ MatmulPlan plan_or_throw(const WeightMatrix &w, int64_t n_tokens, const KernelTa
     const std::string name = traits->name;
     const VecDotFn dot = table.vec_dot[w.type];
     if (!dot) {
-        throw std::invalid_argument("matmul: no " + std::string(isa_name(table.isa)) + " dot kernel for weight type " +
-                                    name);
+        throw std::invalid_argument("matmul: no " + std::string(isa_name(table.isa)) +
+                                    " dot kernel for weight type " + name);
     }
     const QuantizeRowFn quantize = table.quantize_row[traits->vec_dot_type];
     const DTypeTraits *activation = dtype_traits(traits->vec_dot_type);
@@ -47,14 +47,14 @@ MatmulPlan plan_or_throw(const WeightMatrix &w, int64_t n_tokens, const KernelTa
                                     std::to_string(traits->block_size));
     }
     if (w.n_rows < 0 || n_tokens < 0) {
-        throw std::invalid_argument("matmul: negative size (n_rows " + std::to_string(w.n_rows) + ", n_tokens " +
-                                    std::to_string(n_tokens) + ")");
+        throw std::invalid_argument("matmul: negative size (n_rows " + std::to_string(w.n_rows) +
+                                    ", n_tokens " + std::to_string(n_tokens) + ")");
     }
     const size_t row_bytes = dtype_row_size(*traits, w.n_cols);
     if (w.row_stride < row_bytes) {
-        throw std::invalid_argument("matmul: row stride " + std::to_string(w.row_stride) + " bytes is shorter than a " +
-                                    name + " row of " + std::to_string(w.n_cols) + " columns (" +
-                                    std::to_string(row_bytes) + " bytes)");
+        throw std::invalid_argument("matmul: row stride " + std::to_string(w.row_stride) +
+                                    " bytes is shorter than a " + name + " row of " + std::to_string(w.n_cols) +
+                                    " columns (" + std::to_string(row_bytes) + " bytes)");
     }
     return {dot, quantize, round_up(dtype_row_size(*activation, w.n_cols), kAlign)};
 }

@@ -96,7 +96,9 @@ void test_loop_structure() {
             for (int64_t t = 0; t < s.n_tokens; ++t) {
                 for (int64_t r = 0; r < s.n_rows; ++r) {
                     float sum = 0.0f;
-                    for (int64_t j = 0; j < s.n_cols; ++j) sum += w_values[size_t(r * s.n_cols + j)] * x[size_t(t * s.n_cols + j)];
+                    for (int64_t j = 0; j < s.n_cols; ++j) {
+                        sum += w_values[size_t(r * s.n_cols + j)] * x[size_t(t * s.n_cols + j)];
+                    }
                     mismatches += std::memcmp(&sum, &y[size_t(t * s.n_rows + r)], 4) != 0;
                 }
             }
@@ -212,8 +214,8 @@ void check_against_oracle(DType type, const KernelTable &table, std::mt19937 &rn
         const std::vector<float> x = random_floats(size_t(s.n_tokens * n_cols), rng);
         const std::vector<double> xa = activation_values(traits.vec_dot_type, x, n_cols);
         std::vector<float> y(size_t(s.n_tokens * s.n_rows));
-        matmul(WeightMatrix{type, w.raw.data(), s.n_rows, n_cols, w.row_bytes}, x.data(), s.n_tokens, y.data(), pool,
-               scratch, table);
+        const WeightMatrix wm{type, w.raw.data(), s.n_rows, n_cols, w.row_bytes};
+        matmul(wm, x.data(), s.n_tokens, y.data(), pool, scratch, table);
         int bad = 0;
         for (int64_t t = 0; t < s.n_tokens; ++t) {
             for (int64_t r = 0; r < s.n_rows; ++r) {
@@ -249,7 +251,8 @@ void check_batch_invariance(DType type, const KernelTable &table, std::mt19937 &
     int bad = 0;
     std::uniform_int_distribution<int64_t> pick(0, n_all - 1);
     for (int64_t n_tokens = 1; n_tokens <= n_all; ++n_tokens) {
-        std::vector<int64_t> source(static_cast<size_t>(n_tokens));  // batch slot -> row of x_all (repeats allowed)
+        // batch slot -> row of x_all, repeats allowed
+        std::vector<int64_t> source(static_cast<size_t>(n_tokens));
         for (int64_t &s : source) s = pick(rng);
         std::vector<float> x(size_t(n_tokens * n_cols)), y(size_t(n_tokens * n_rows));
         for (int64_t i = 0; i < n_tokens; ++i) {
@@ -296,7 +299,7 @@ void test_all_types() {
             covered += line;
         }
     }
-    std::printf("matmul covered:%s\n", covered.empty() ? " nothing (no dot kernels in the tables yet)" : covered.c_str());
+    std::printf("matmul covered:%s\n", covered.empty() ? " nothing: no dot kernels in the tables" : covered.c_str());
     if (!skipped.empty()) std::printf("matmul skipped:%s\n", skipped.c_str());
 }
 
