@@ -1,6 +1,6 @@
-// Bindings for the thread pool, batched matmul and the bandwidth probe. Numpy shapes, dtypes and strides are
-// checked here; sizes against the weight type are checked by matmul itself (std::invalid_argument, which
-// pybind11 raises as ValueError).
+// Bindings for the thread pool, batched matmul, single dot-kernel calls and the bandwidth probe. Numpy
+// shapes, dtypes and strides are checked here; sizes against the weight type are checked by matmul itself
+// (std::invalid_argument, which pybind11 raises as ValueError).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -104,6 +104,43 @@ py::array_t<float> matmul_py(uint32_t type, const py::array &w_raw, const py::ar
     return y;
 }
 
+// One kernel call: w_row uint8 [row bytes] of `type` holding n elements; x uint8 [n_x, activation row bytes]
+// in the type's activation format, rows possibly strided. Returns float32 [n_x].
+py::array_t<float> vec_dot_py(uint32_t type, const py::array &w_row, const py::array &x, int64_t n,
+                              const std::string &isa) {
+    const DTypeTraits *traits = dtype_traits(type);
+    if (!traits) throw py::value_error("vec_dot: unknown weight type id " + std::to_string(type));
+    const DTypeTraits &activation = *dtype_traits(traits->vec_dot_type);
+    if (n <= 0 || n % traits->block_size != 0) {
+        throw py::value_error("vec_dot: n = " + std::to_string(n) + " is not a positive multiple of the " +
+                              traits->name + " block size " + std::to_string(traits->block_size));
+    }
+    const size_t w_bytes = dtype_row_size(*traits, n), x_bytes = dtype_row_size(activation, n);
+    const bool w_ok = w_row.dtype().is(py::dtype::of<uint8_t>()) && w_row.ndim() == 1 &&
+                      size_t(w_row.shape(0)) == w_bytes && w_row.strides(0) == 1;
+    if (!w_ok) {
+        throw py::value_error("vec_dot: w_row must be " + std::to_string(w_bytes) + " contiguous uint8 bytes (" +
+                              std::to_string(n) + " " + traits->name + " elements)");
+    }
+    const bool x_ok = x.dtype().is(py::dtype::of<uint8_t>()) && x.ndim() == 2 && size_t(x.shape(1)) == x_bytes &&
+                      x.strides(1) == 1 && (x.shape(0) < 2 || x.strides(0) >= py::ssize_t(x_bytes));
+    if (!x_ok) {
+        throw py::value_error("vec_dot: x must be uint8 [n_x, " + std::to_string(x_bytes) + "] (" +
+                              std::to_string(n) + " elements of " + activation.name +
+                              "), rows contiguous, row stride >= the row size");
+    }
+    const int n_x = int(x.shape(0));
+    if (n_x < 1 || n_x > VEC_DOT_MAX_X) {
+        throw py::value_error("vec_dot: n_x = " + std::to_string(x.shape(0)) + " rows, need 1.." +
+                              std::to_string(VEC_DOT_MAX_X));
+    }
+    const VecDotFn dot = kernel_table_named(isa).vec_dot[type];
+    if (!dot) throw py::value_error(std::string("vec_dot: no dot kernel for weight type ") + traits->name);
+    py::array_t<float> out(n_x);
+    dot(n, w_row.data(), x.data(), n_x > 1 ? size_t(x.strides(0)) : x_bytes, n_x, out.mutable_data());
+    return out;
+}
+
 double read_bandwidth_py(size_t n_bytes, PyThreadPool *pool, int repeats) {
     py::gil_scoped_release release;
     if (pool) return read_bandwidth_gbps(pool->pool, n_bytes, repeats);
@@ -123,6 +160,10 @@ void bind_matmul(py::module_ &m) {
           py::arg("isa") = "",
           "y[t, r] = dot(w[r], x[t]): w_raw uint8 [n_rows, row bytes] of `type`, x float32 [n_tokens, n_cols]"
           " -> float32 [n_tokens, n_rows]. Runs on `pool` (None: the calling thread only).");
+    m.def("vec_dot", &vec_dot_py, py::arg("type"), py::arg("w_row"), py::arg("x"), py::arg("n"),
+          py::arg("isa") = "",
+          "One dot kernel call: a raw weight row of n elements against 1..4 raw activation rows (uint8"
+          " [n_x, row bytes] in the type's activation format, rows may be strided) -> float32 [n_x].");
     m.def("read_bandwidth", &read_bandwidth_py, py::arg("n_bytes"), py::arg("pool") = nullptr,
           py::arg("repeats") = 5, "Median memory read bandwidth in GB/s over a buffer of n_bytes.");
 }

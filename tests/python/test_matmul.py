@@ -103,6 +103,27 @@ def test_batch_invariance_is_bitwise(t: T, isa: str) -> None:
         assert y.tobytes() == y_all[source].tobytes(), f"batch of {n_tokens} differs"
 
 
+@pytest.mark.parametrize(("t", "isa"), CASES)
+def test_vec_dot_slots_match_matmul(t: T, isa: str) -> None:
+    """One kernel call on raw activation rows (strided, as matmul lays them out) gives matmul's bits for every
+    n_x and slot: the VecDotFn contract seen from outside."""
+    require(t, isa)
+    rng = np.random.default_rng(200 + int(t))
+    n_cols = 3 * block_cols(t)
+    w_raw = random_weights(t, 1, n_cols, rng)
+    x = rng.standard_normal((4, n_cols), dtype=np.float32)
+    want = _core.matmul(int(t), w_raw, x, isa=isa)[:, 0]
+    act = _core.dtype_info(int(t))["vec_dot_type"]
+    rows = np.stack([_core.quantize(act, row, isa="scalar") for row in x])
+    padded = np.zeros((4, rows.shape[1] + 24), np.uint8)
+    padded[:, :rows.shape[1]] = rows
+    for n_x in range(1, 5):
+        for first in range(0, 5 - n_x):
+            for x_raw in (rows[first:first + n_x], padded[first:first + n_x, :rows.shape[1]]):
+                got = _core.vec_dot(int(t), w_raw[0], x_raw, n_cols, isa=isa)
+                assert got.tobytes() == want[first:first + n_x].tobytes(), f"n_x {n_x}, first slot {first}"
+
+
 def any_supported_type() -> T:
     for t in WEIGHT_TYPES:
         if int(t) in _core.matmul_types():
@@ -149,6 +170,9 @@ def test_bad_arguments_raise_value_error() -> None:
         (lambda: _core.matmul(int(t), w_raw, x, isa="sse9"), "unknown ISA"),
         (lambda: _core.ThreadPool(0), "n_threads"),
         (lambda: _core.read_bandwidth(100), "n_bytes"),
+        (lambda: _core.vec_dot(int(t), w_raw[0], np.zeros((5, 1), np.uint8), n_cols), "x must be uint8"),
+        (lambda: _core.vec_dot(int(t), w_raw[0, :-1], np.zeros((1, 1), np.uint8), n_cols), "w_row must be"),
+        (lambda: _core.vec_dot(int(t), w_raw[0], np.zeros((1, 1), np.uint8), 0), "multiple of"),
     ]
     if quants.GGML_QUANT_SIZES[t][0] > 1:
         cases.append((lambda: _core.matmul(int(t), w_raw, np.zeros((2, n_cols + 1), np.float32)),
