@@ -41,6 +41,25 @@ void test_partition() {
     }
 }
 
+// The threads really run at once: every task waits until all have started (serial execution would stall).
+void test_tasks_run_concurrently() {
+    ThreadPool pool(3);
+    std::atomic<int> arrived{0};
+    std::atomic<bool> all_met{true};
+    pool.parallel_for(3, [&](int64_t, int) {
+        arrived.fetch_add(1);
+        const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (arrived.load() < 3) {
+            if (std::chrono::steady_clock::now() > give_up) {
+                all_met.store(false);
+                return;
+            }
+            std::this_thread::yield();
+        }
+    });
+    CHECK(all_met.load());
+}
+
 // A long series of tiny jobs: the per-layer pattern of decoding. Also reports the hand-off cost.
 void test_many_small_jobs() {
     ThreadPool pool(2);
@@ -153,6 +172,7 @@ void test_concurrent_callers() {
 
 int main() {
     test_partition();
+    test_tasks_run_concurrently();
     test_many_small_jobs();
     test_sleeping_handoffs();
     test_exceptions();
