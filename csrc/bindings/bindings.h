@@ -6,5 +6,6 @@
 namespace flashmtp {
 
 void bind_kernels(pybind11::module_ &m);  // kernel_bindings.cpp: dtypes, quantize/dequantize, dots, matmul
+void bind_matmul(pybind11::module_ &m);   // matmul_bindings.cpp: thread pool, matmul, vec_dot, bandwidth
 
 }  // namespace flashmtp

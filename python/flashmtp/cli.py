@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--types", default="", help="comma-separated weight types (default: all)")
     kernels.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
     kernels.add_argument("--csv", default="bench-kernels.csv", help="write the table here as CSV")
+    # Matrix size; the smoke test shrinks it (the bandwidth buffer is 16x this).
+    kernels.add_argument("--size-mb", type=float, default=64.0, help=argparse.SUPPRESS)
     kernels.set_defaults(run=_run_bench_kernels)
     return parser
 

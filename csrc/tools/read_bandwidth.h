@@ -1,0 +1,17 @@
+// The memory read-bandwidth probe: the roofline that benchmarks compare GEMV against, since a matrix-vector
+// product reads every weight byte exactly once.
+#pragma once
+
+#include <cstddef>
+
+#include "core/thread_pool.h"
+
+namespace flashmtp {
+
+// Sums a freshly written buffer of n_bytes with every thread of the pool (one contiguous slice each) and
+// returns the read bandwidth in GB/s (1e9 bytes per second), the median of `repeats` passes. The buffer must
+// be far larger than the last-level cache (benchmarks use >= 1 GiB) or the figure measures the cache.
+// Throws std::invalid_argument if n_bytes < 4096 or repeats < 1.
+double read_bandwidth_gbps(ThreadPool &pool, size_t n_bytes, int repeats);
+
+}  // namespace flashmtp

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``flashmtp bench ...``: each prints one table and writes it as CSV."""
