@@ -3,9 +3,17 @@
 
 #include <pybind11/pybind11.h>
 
+#include <string>
+
+#include "kernels.h"
+
 namespace flashmtp {
 
-void bind_kernels(pybind11::module_ &m);  // kernel_bindings.cpp: dtypes, quantize/dequantize, dots, matmul
+void bind_kernels(pybind11::module_ &m);  // kernel_bindings.cpp: dtypes, ISA, quantize/dequantize
 void bind_matmul(pybind11::module_ &m);   // matmul_bindings.cpp: thread pool, matmul, vec_dot, bandwidth
+
+// The kernel table of an ISA named "scalar", "avx2" or "avx512"; "" is the one chosen for this CPU.
+// Unknown or unavailable ISAs raise ValueError.
+const KernelTable &kernel_table_named(const std::string &isa);
 
 }  // namespace flashmtp

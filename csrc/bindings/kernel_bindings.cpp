@@ -28,13 +28,6 @@ Isa isa_from_name(const std::string &name) {
     throw py::value_error("unknown ISA '" + name + "' (expected scalar, avx2 or avx512)");
 }
 
-const KernelTable &table_for(const std::string &isa) {
-    if (isa.empty()) return kernels();
-    const KernelTable *t = kernels_for(isa_from_name(isa));
-    if (!t) throw py::value_error("this CPU or build lacks ISA " + isa);
-    return *t;
-}
-
 int64_t check_elements(const DTypeTraits &t, int64_t n) {
     if (n < 0 || n % t.block_size != 0) {
         throw py::value_error(std::string(t.name) + ": element count " + std::to_string(n) +
@@ -48,7 +41,7 @@ py::array_t<uint8_t> quantize(uint32_t type, py::array_t<float, py::array::c_sty
                               const std::string &isa) {
     const DTypeTraits &t = traits_or_throw(type);
     const int64_t n = check_elements(t, int64_t(x.size()));
-    QuantizeRowFn fn = table_for(isa).quantize_row[type];
+    QuantizeRowFn fn = kernel_table_named(isa).quantize_row[type];
     if (!fn) throw py::value_error(std::string("no quantizer for type ") + t.name);
     py::array_t<uint8_t> out(py::ssize_t(dtype_row_size(t, n)));
     {
@@ -67,7 +60,7 @@ py::array_t<float> dequantize(uint32_t type, py::array_t<uint8_t, py::array::c_s
         throw py::value_error(std::string(t.name) + ": " + std::to_string(n) + " elements need " +
                               std::to_string(dtype_row_size(t, n)) + " bytes, got " + std::to_string(raw.size()));
     }
-    DequantizeRowFn fn = table_for(isa).dequantize_row[type];
+    DequantizeRowFn fn = kernel_table_named(isa).dequantize_row[type];
     if (!fn) throw py::value_error(std::string("cannot dequantize type ") + t.name);
     py::array_t<float> out(n);
     {
@@ -77,34 +70,14 @@ py::array_t<float> dequantize(uint32_t type, py::array_t<uint8_t, py::array::c_s
     return out;
 }
 
-// uint8 [row bytes] weight row, uint8 [n_x, activation row bytes] activation rows -> float32 [n_x]
-py::array_t<float> vec_dot(uint32_t type, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> w,
-                           py::array_t<uint8_t, py::array::c_style | py::array::forcecast> x, int64_t n,
-                           const std::string &isa) {
-    const DTypeTraits &t = traits_or_throw(type);
-    check_elements(t, n);
-    const size_t w_bytes = dtype_row_size(t, n), x_bytes = dtype_row_size(*dtype_traits(t.vec_dot_type), n);
-    if (size_t(w.size()) != w_bytes) {
-        throw py::value_error(std::string(t.name) + ": a weight row of " + std::to_string(n) + " elements needs " +
-                              std::to_string(w_bytes) + " bytes, got " + std::to_string(w.size()));
-    }
-    if (x.ndim() != 2 || size_t(x.shape(1)) != x_bytes || x.shape(0) < 1 || x.shape(0) > VEC_DOT_MAX_X) {
-        throw py::value_error(std::string(t.name) + ": activations must be [n_x <= " +
-                              std::to_string(VEC_DOT_MAX_X) + ", " + std::to_string(x_bytes) + "] bytes of " +
-                              dtype_traits(t.vec_dot_type)->name);
-    }
-    VecDotFn fn = table_for(isa).vec_dot[type];
-    if (!fn) throw py::value_error(std::string("no vec_dot for weight type ") + t.name);
-    const int n_x = int(x.shape(0));
-    py::array_t<float> out(n_x);
-    {
-        py::gil_scoped_release release;
-        fn(n, w.data(), x.data(), x_bytes, n_x, out.mutable_data());
-    }
-    return out;
-}
-
 }  // namespace
+
+const KernelTable &kernel_table_named(const std::string &isa) {
+    if (isa.empty()) return kernels();
+    const KernelTable *t = kernels_for(isa_from_name(isa));
+    if (!t) throw py::value_error("this CPU or build lacks ISA " + isa);
+    return *t;
+}
 
 void bind_kernels(py::module_ &m) {
     m.def("dtype_info", [](uint32_t type) {
@@ -125,9 +98,6 @@ void bind_kernels(py::module_ &m) {
           "Quantize a float32 row to raw blocks of `type` (uint8 array).");
     m.def("dequantize", &dequantize, py::arg("type"), py::arg("raw"), py::arg("n"), py::arg("isa") = "",
           "Dequantize raw blocks of `type` holding n elements to float32.");
-    m.def("vec_dot", &vec_dot, py::arg("type"), py::arg("w"), py::arg("x"), py::arg("n"), py::arg("isa") = "",
-          "Dot products of one weight row of `type` (raw bytes) with 1..4 activation rows already in its "
-          "vec_dot_type (uint8 [n_x, row bytes]).");
 }
 
 }  // namespace flashmtp

@@ -29,18 +29,6 @@ struct PyThreadPool {
     std::mutex scratch_mutex;  // Python threads may share one pool object
 };
 
-const KernelTable &kernel_table_named(const std::string &isa) {
-    if (isa.empty()) return kernels();
-    for (int i = 0; i < ISA_COUNT; ++i) {
-        if (isa == isa_name(Isa(i))) {
-            const KernelTable *table = kernels_for(Isa(i));
-            if (!table) throw py::value_error("this CPU or build lacks ISA " + isa);
-            return *table;
-        }
-    }
-    throw py::value_error("unknown ISA '" + isa + "' (expected scalar, avx2 or avx512)");
-}
-
 // Weight types matmul can run with the given ISA's table: a dot kernel and an activation quantizer exist.
 std::vector<uint32_t> matmul_types(const std::string &isa) {
     const KernelTable &table = kernel_table_named(isa);
