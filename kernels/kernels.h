@@ -63,7 +63,7 @@ using QuantizeRowFn = void (*)(const float *src, void *dst, int64_t n);
 // Contract (batch invariance): out[i] is bit-identical whatever n_x is and whichever slot i the row sits in.
 // A variant may share work across the n_x rows (unpacking w once) but performs, for every row, the same
 // floating-point operations in the same order as it does for n_x = 1.
-constexpr int VEC_DOT_MAX_X = 4;
+constexpr int VEC_DOT_MAX_X = 8;
 using VecDotFn = void (*)(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, float *out);
 
 enum Isa : int {

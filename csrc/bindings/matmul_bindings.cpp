@@ -150,7 +150,7 @@ void bind_matmul(py::module_ &m) {
           " -> float32 [n_tokens, n_rows]. Runs on `pool` (None: the calling thread only).");
     m.def("vec_dot", &vec_dot_py, py::arg("type"), py::arg("w_row"), py::arg("x"), py::arg("n"),
           py::arg("isa") = "",
-          "One dot kernel call: a raw weight row of n elements against 1..4 raw activation rows (uint8"
+          "One dot kernel call: a raw weight row of n elements against 1..VEC_DOT_MAX_X raw activation rows (uint8"
           " [n_x, row bytes] in the type's activation format, rows may be strided) -> float32 [n_x].");
     m.def("read_bandwidth", &read_bandwidth_py, py::arg("n_bytes"), py::arg("pool") = nullptr,
           py::arg("repeats") = 5, "Median memory read bandwidth in GB/s over a buffer of n_bytes.");

@@ -316,7 +316,11 @@ void vec_dot(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, 
         case 1: vec_dot_rows<Type, 1>(n, wb, xb, x_stride, out); break;
         case 2: vec_dot_rows<Type, 2>(n, wb, xb, x_stride, out); break;
         case 3: vec_dot_rows<Type, 3>(n, wb, xb, x_stride, out); break;
-        default: vec_dot_rows<Type, 4>(n, wb, xb, x_stride, out); break;
+        case 4: vec_dot_rows<Type, 4>(n, wb, xb, x_stride, out); break;
+        default:  // 5..8: two passes; each row still sees exactly its n_x = 1 operations
+            vec_dot_rows<Type, 4>(n, wb, xb, x_stride, out);
+            vec_dot<Type>(n, w, xb + 4 * x_stride, x_stride, n_x - 4, out + 4);
+            break;
     }
 }
 

@@ -238,6 +238,10 @@ void vec_dot_blocks(int64_t n, const void *w, const void *x, size_t x_stride, in
         case 2: vec_dot_blocks_nx<IntDot, Block, 2>(n, wp, xp, x_stride, out); break;
         case 3: vec_dot_blocks_nx<IntDot, Block, 3>(n, wp, xp, x_stride, out); break;
         case 4: vec_dot_blocks_nx<IntDot, Block, 4>(n, wp, xp, x_stride, out); break;
+        default:  // 5..8: two passes; each row still sees exactly its n_x = 1 operations
+            vec_dot_blocks_nx<IntDot, Block, 4>(n, wp, xp, x_stride, out);
+            vec_dot_blocks<IntDot, Block>(n, w, xp + 4 * x_stride, x_stride, n_x - 4, out + 4);
+            break;
     }
 }
 

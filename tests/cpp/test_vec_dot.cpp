@@ -2,7 +2,7 @@
 //  1. oracle: the scalar reference against a float64 dot of the dequantized operands (skipped, with a printed
 //     reason, for a type whose dequantizer is not in the table yet);
 //  2. each ISA against the scalar reference;
-//  3. batch invariance, bitwise: each activation row gives the same bits for n_x = 1..4 in every slot.
+//  3. batch invariance, bitwise: each activation row gives the same bits for n_x = 1..VEC_DOT_MAX_X in every slot.
 // Tolerance of 1 and 2: integer parts are exact, so results differ only in how float terms are rounded and
 // summed. A float sum of m terms in any order is within (m - 1) u sum|t| of the exact value (u = 2^-24,
 // Higham); each term adds a few roundings of its own. With m the number of blocks (elements for the float

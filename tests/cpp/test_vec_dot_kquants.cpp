@@ -6,7 +6,7 @@
 //    reference rounds a handful of float ops per block and one running-sum add per block;
 //  - every SIMD table against the scalar reference: bitwise equal (the reference fixes the reduction order
 //    and the SIMD kernels reproduce it; see kernels/ref/dot_kquants_ref.cpp);
-//  - batch invariance: out[i] bitwise equal for n_x = 1..4 and every slot, every table.
+//  - batch invariance: out[i] bitwise equal for n_x = 1..VEC_DOT_MAX_X and every slot, every table.
 // Weights are random bytes with sane fp16 d/dmin (covering every quant and scale value), plus all-0xFF and
 // all-0x80 blocks for the extreme integer sums; rows of 1, 3, 16 and 17 blocks at odd byte offsets.
 #include <cmath>
