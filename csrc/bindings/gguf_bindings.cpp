@@ -88,7 +88,11 @@ void bind_gguf(py::module_ &m) {
         try {
             if (p) std::rethrow_exception(p);
         } catch (const GGUFError &e) {
-            PyErr_SetString(gguf_error, e.what());
+            // Messages quote keys and names from the file, which need not be valid UTF-8.
+            const std::string what = e.what();
+            PyObject *message = PyUnicode_DecodeUTF8(what.data(), Py_ssize_t(what.size()), "backslashreplace");
+            PyErr_SetObject(gguf_error, message);
+            Py_XDECREF(message);
         }
     });
 

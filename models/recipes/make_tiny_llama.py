@@ -1,10 +1,10 @@
 """Writes models/tiny-llama.gguf: a random-weight `llama` model small enough to ship in the repository (about
-0.3 MB), for the README's first command (`flashmtp info models/tiny-llama.gguf`) and for tests.
+130 KB), for the README's first command (`flashmtp info models/tiny-llama.gguf`) and for tests.
 
-Deterministic: the same gguf package version writes the same bytes. Shape: 2 blocks, embedding 64, 4 heads
-(2 KV heads), feed-forward 128, context 256. Tokenizer: byte-level BPE in gpt2's style (256 byte tokens, merges
-learned from the text below, ChatML special tokens). Tensor types: norms F32, output F16, token embedding and
-ffn_down Q8_0, attention and ffn_gate/ffn_up Q4_0.
+Deterministic: the same gguf package version writes the same bytes. Shape: 2 blocks, embedding 64,
+4 heads (2 KV heads), feed-forward 128, context 256. Tokenizer: byte-level BPE in gpt2's style (256 byte
+tokens, merges learned from the text below, ChatML special tokens). Tensor types: norms F32, output F16,
+token embedding and ffn_down Q8_0, attention and ffn_gate/ffn_up Q4_0.
 
     python models/recipes/make_tiny_llama.py [OUT.gguf]
 """
@@ -21,7 +21,8 @@ import numpy as np
 N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER, N_CTX, N_MERGES = 64, 4, 2, 128, 2, 256, 96
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 TEXT = """The quick brown fox jumps over the lazy dog. A model reads tokens, predicts the next token, and the
@@ -33,7 +34,11 @@ Q = gguf.GGMLQuantizationType
 
 def byte_to_unicode() -> dict[int, str]:
     """gpt2's reversible map from bytes to printable characters (byte-level BPE vocabularies use it)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     mapping, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -45,15 +50,17 @@ def byte_to_unicode() -> dict[int, str]:
 
 
 def learn_merges(text: str, n_merges: int) -> list[tuple[str, str]]:
-    """Greedy BPE on space-prefixed words: repeatedly merge the most frequent adjacent pair (ties: first seen)."""
+    """Greedy BPE on space-prefixed words: merge the most frequent adjacent pair, repeatedly (ties: first
+    seen)."""
     b2u = byte_to_unicode()
     words = collections.Counter(
-        tuple(b2u[b] for b in (" " + w if i else w).encode()) for i, w in enumerate(text.split()))
+        tuple(b2u[b] for b in (" " + w if i else w).encode()) for i, w in enumerate(text.split())
+    )
     merges = []
     for _ in range(n_merges):
         pairs: collections.Counter[tuple[str, str]] = collections.Counter()
         for word, count in words.items():
-            for pair in zip(word, word[1:]):
+            for pair in zip(word, word[1:], strict=False):
                 pairs[pair] += count
         if not pairs:
             break
@@ -75,7 +82,9 @@ def learn_merges(text: str, n_merges: int) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "tiny-llama.gguf"
+    out = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "tiny-llama.gguf"
+    )
     rng = np.random.default_rng(20260101)
     merges = learn_merges(TEXT, N_MERGES)
     tokens = [*byte_to_unicode().values(), *(a + b for a, b in merges), *SPECIAL_TOKENS]

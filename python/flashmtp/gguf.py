@@ -23,11 +23,11 @@ from flashmtp._core import GGUFError
 
 __all__ = ["GGUFError", "GGUFFile", "TensorInfo", "open"]
 
-# numpy element types of the plain tensor types (ggml ids); BF16 has none and is viewed as its raw uint16 bits.
+# numpy element types of the plain tensor types (ggml ids); BF16 has none: viewed as its raw uint16 bits.
 _PLAIN_DTYPES: dict[int, np.dtype] = {
-    0: np.dtype("<f4"),   # F32
-    1: np.dtype("<f2"),   # F16
-    24: np.dtype("i1"),   # I8
+    0: np.dtype("<f4"),  # F32
+    1: np.dtype("<f2"),  # F16
+    24: np.dtype("i1"),  # I8
     25: np.dtype("<i2"),  # I16
     26: np.dtype("<i4"),  # I32
     27: np.dtype("<i8"),  # I64
@@ -50,7 +50,7 @@ class TensorInfo:
     n_elements: int
     n_bytes: int
     offset: int  # from the start of its part's data section
-    part: int    # which file of a split model holds the data
+    part: int  # which file of a split model holds the data
 
 
 class GGUFFile:
@@ -111,18 +111,28 @@ class GGUFFile:
 
     @cached_property
     def metadata(self) -> dict[str, Any]:
-        """Keys in file order. Scalars are int, float, bool or str; arrays of numbers or bools are numpy arrays,
-        arrays of strings are lists of str, nested arrays are lists. Strings that are not valid UTF-8 keep their
-        bytes as surrogate escapes."""
+        """Keys in file order. Scalars are int, float, bool or str; arrays of numbers or bools are numpy
+        arrays, arrays of strings are lists of str, nested arrays are lists. Strings that are not valid UTF-8
+        keep their bytes as surrogate escapes."""
         return dict(self._core_file.metadata_items())
 
     @cached_property
     def tensors(self) -> list[TensorInfo]:
         out = []
         for name, dims, type_id, offset, n_elements, n_bytes, part in self._core_file.tensor_infos():
-            out.append(TensorInfo(name=name, shape=tuple(reversed(dims)), dims=tuple(dims), type=type_id,
-                                  type_name=_core.dtype_info(type_id)["name"], n_elements=n_elements,
-                                  n_bytes=n_bytes, offset=offset, part=part))
+            out.append(
+                TensorInfo(
+                    name=name,
+                    shape=tuple(reversed(dims)),
+                    dims=tuple(dims),
+                    type=type_id,
+                    type_name=_core.dtype_info(type_id)["name"],
+                    n_elements=n_elements,
+                    n_bytes=n_bytes,
+                    offset=offset,
+                    part=part,
+                )
+            )
         return out
 
     @cached_property
@@ -159,7 +169,9 @@ class GGUFFile:
         try:
             values = _core.dequantize(info.type, raw, info.n_elements)
         except ValueError as e:
-            raise ValueError(f"{self.path}: tensor '{name}': cannot dequantize {info.type_name}: {e}") from None
+            raise ValueError(
+                f"{self.path}: tensor '{name}': cannot dequantize {info.type_name}: {e}"
+            ) from None
         return values.reshape(info.shape)
 
     def summary(self) -> str:

@@ -1,4 +1,4 @@
-"""``flashmtp info MODEL.gguf``: print the summary of a GGUF model (the same text as ``flashmtp-cli info``)."""
+"""``flashmtp info MODEL.gguf``: print a GGUF model's summary (the same text as ``flashmtp-cli info``)."""
 
 from __future__ import annotations
 

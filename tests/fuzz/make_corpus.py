@@ -1,5 +1,5 @@
-"""Writes the seed corpus for fuzz_gguf: small valid GGUF files that between them use every metadata value type
-(nested and string arrays too), a custom alignment, and tensors of several types.
+"""Writes the seed corpus for fuzz_gguf: small valid GGUF files that between them use every metadata value
+type (nested and string arrays too), a custom alignment, and tensors of several types.
 
     python tests/fuzz/make_corpus.py build/fuzz/corpus
 """
@@ -13,8 +13,12 @@ import gguf
 import numpy as np
 
 
-def write(path: Path, alignment: int | None, tensors: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]],
-          metadata: bool) -> None:
+def write(
+    path: Path,
+    alignment: int | None,
+    tensors: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]],
+    metadata: bool,
+) -> None:
     w = gguf.GGUFWriter(str(path), "llama")
     if alignment is not None:
         w.add_custom_alignment(alignment)
@@ -55,9 +59,15 @@ def main() -> None:
     q4 = gguf.quants.quantize(rng.standard_normal((1, 64)).astype(np.float32), Q.Q4_0)
     write(out / "empty.gguf", None, {}, metadata=False)
     write(out / "metadata.gguf", None, {}, metadata=True)
-    write(out / "tensors.gguf", None, {"a": (f32, Q.F32), "b": (f32.astype(np.float16), Q.F16)}, metadata=False)
-    write(out / "mixed.gguf", 64, {"w8": (q8, Q.Q8_0), "w4": (q4, Q.Q4_0), "i": (np.arange(3, dtype=np.int32), Q.I32)},
-          metadata=True)
+    write(
+        out / "tensors.gguf", None, {"a": (f32, Q.F32), "b": (f32.astype(np.float16), Q.F16)}, metadata=False
+    )
+    write(
+        out / "mixed.gguf",
+        64,
+        {"w8": (q8, Q.Q8_0), "w4": (q4, Q.Q4_0), "i": (np.arange(3, dtype=np.int32), Q.I32)},
+        metadata=True,
+    )
     print(f"wrote {len(list(out.iterdir()))} seeds to {out}")
 
 
