@@ -2,6 +2,7 @@
 // tokenizer); every key is shown once, either in its section or under "other metadata".
 #include "core/gguf_summary.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
@@ -57,6 +58,17 @@ std::string format_element(const GGUFValue &array, uint64_t i) {
         }
         default: return std::to_string(array.array_i64(i, what));
     }
+}
+
+// general.file_type: llama.cpp's llama_ftype, the type most tensors were quantized to.
+const char *file_type_name(uint64_t ftype) {
+    static const char *const names[] = {
+        "F32",    "F16",     "Q4_0",   "Q4_1",    nullptr,  nullptr,  nullptr,   "Q8_0",   "Q5_0",  "Q5_1",
+        "Q2_K",   "Q3_K_S",  "Q3_K_M", "Q3_K_L",  "Q4_K_S", "Q4_K_M", "Q5_K_S",  "Q5_K_M", "Q6_K",  "IQ2_XXS",
+        "IQ2_XS", "Q2_K_S",  "IQ3_XS", "IQ3_XXS", "IQ1_S",  "IQ4_NL", "IQ3_S",   "IQ3_M",  "IQ2_S", "IQ2_M",
+        "IQ4_XS", "IQ1_M",   "BF16",   nullptr,   nullptr,  nullptr,  "TQ1_0",   "TQ2_0",  "MXFP4_MOE",
+    };
+    return ftype < sizeof names / sizeof names[0] ? names[ftype] : nullptr;
 }
 
 }  // namespace
@@ -138,6 +150,14 @@ std::string gguf_summary(const GGUFFile &file) {
     if (const GGUFValue *v = file.find("general.name")) {
         line("name", gguf_format_value(*v));
         shown.insert("general.name");
+    }
+    if (const GGUFValue *v = file.find("general.file_type"); v && v->is_integer()) {
+        const char *key = "general.file_type";  // any integer type; values past INT64_MAX are clamped
+        const int64_t ftype = v->type == GGUF_TYPE_UINT64 ? int64_t(std::min<uint64_t>(v->to_u64(key), INT64_MAX))
+                                                          : v->to_i64(key);
+        const char *name = ftype >= 0 ? file_type_name(uint64_t(ftype)) : nullptr;
+        line("file type", name ? std::string(name) + " (" + std::to_string(ftype) + ")" : std::to_string(ftype));
+        shown.insert("general.file_type");
     }
 
     // Hyperparameters: every key under the architecture's prefix, in file order.

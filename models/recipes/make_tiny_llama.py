@@ -94,6 +94,7 @@ def main() -> None:
     w = gguf.GGUFWriter(str(out), "llama")
     w.add_name("tiny-llama")
     w.add_description("random weights; written by models/recipes/make_tiny_llama.py")
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
     w.add_context_length(N_CTX)
     w.add_embedding_length(N_EMBD)
     w.add_block_count(N_LAYER)
