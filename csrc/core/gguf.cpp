@@ -250,7 +250,7 @@ private:
         const std::string what = "key " + quoted(key);
         if (out.kv_index.count(key)) fail_at("duplicate metadata " + what);
         GGUFValue value;
-        read_value(value, read_u32("metadata value type"), 0, what);
+        read_value(value, read_u32((what + " value type").c_str()), 0, what);
         out.kv_index.emplace(key, out.kv.size());
         out.kv.emplace_back(std::move(key), std::move(value));
     }
@@ -271,11 +271,11 @@ private:
         if (depth >= GGUF_MAX_ARRAY_DEPTH) {
             fail_at(what + ": arrays nested deeper than " + std::to_string(GGUF_MAX_ARRAY_DEPTH) + " levels");
         }
-        const uint32_t element_type = read_u32("array element type");
+        const uint32_t element_type = read_u32((what + " array element type").c_str());
         if (element_type >= GGUF_TYPE_COUNT) {
             fail_at(what + ": unknown array element type id " + std::to_string(element_type));
         }
-        const uint64_t n = read_u64("array length");
+        const uint64_t n = read_u64((what + " array length").c_str());
         // Smallest encoding of one element: its fixed size, a string's length field, a nested array's header.
         const uint64_t min_element_bytes = element_type == GGUF_TYPE_STRING  ? 8
                                            : element_type == GGUF_TYPE_ARRAY ? 12
@@ -320,23 +320,23 @@ private:
         t.part = part_index;
         t.name = read_string("tensor name");
         const std::string what = "tensor " + quoted(t.name);
-        t.n_dims = read_u32("tensor dimension count");
+        t.n_dims = read_u32((what + " dimension count").c_str());
         if (t.n_dims == 0 || t.n_dims > GGUF_MAX_DIMS) {
             fail_at(what + ": " + std::to_string(t.n_dims) + " dimensions; expected 1 to " +
                     std::to_string(GGUF_MAX_DIMS));
         }
         for (uint32_t d = 0; d < t.n_dims; ++d) {
-            const uint64_t ne = read_u64("tensor dimension");
+            const uint64_t ne = read_u64((what + " dimensions").c_str());
             if (ne == 0 || ne > uint64_t(std::numeric_limits<int64_t>::max())) {
                 fail_at(what + ": dimension " + std::to_string(d) + " is " + std::to_string(int64_t(ne)) +
                         "; expected at least 1");
             }
             t.ne[d] = int64_t(ne);
         }
-        t.type = read_u32("tensor type");
+        t.type = read_u32((what + " type").c_str());
         const DTypeTraits *traits = dtype_traits(t.type);
         if (!traits) fail_at(what + ": unknown or unsupported tensor type id " + std::to_string(t.type));
-        t.offset = read_u64("tensor offset");
+        t.offset = read_u64((what + " offset").c_str());
 
         if (t.ne[0] % traits->block_size != 0) {
             fail(what + ": first dimension " + std::to_string(t.ne[0]) + " is not a multiple of the " +
@@ -391,7 +391,7 @@ private:
         }
     }
 
-    const std::string &path_;
+    const std::string path_;
     const uint8_t *data_;
     uint64_t size_;
     uint64_t pos_ = 0;
@@ -625,10 +625,11 @@ const GGUFTensorInfo &GGUFFile::tensor(const std::string &name) const {
 
 GGUFTensorData GGUFFile::tensor_data(const GGUFTensorInfo &info) const {
     // Bounds were checked at load; this guards against an info that belongs to another file.
-    const Part &part = parts_.at(info.part);
-    if (info.file_offset > part.size || info.n_bytes > part.size - info.file_offset) {
-        throw GGUFError(part.path + ": tensor " + quoted(info.name) + " does not belong to this file");
+    if (info.part >= parts_.size() || info.file_offset > parts_[info.part].size ||
+        info.n_bytes > parts_[info.part].size - info.file_offset) {
+        throw GGUFError(path_ + ": tensor " + quoted(info.name) + " does not belong to this file");
     }
+    const Part &part = parts_[info.part];
     return GGUFTensorData{part.data + info.file_offset, info.n_bytes};
 }
 
