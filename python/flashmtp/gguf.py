@@ -179,6 +179,6 @@ class GGUFFile:
         return self._core_file.summary()
 
 
-def open(path: str | os.PathLike[str]) -> GGUFFile:  # noqa: A001 - mirrors builtins.open on purpose
+def open(path: str | os.PathLike[str]) -> GGUFFile:  # like tarfile.open: shadows the builtin here only
     """Map and validate a GGUF file (see :class:`GGUFFile`)."""
     return GGUFFile(path)
