@@ -13,5 +13,6 @@ PYBIND11_MODULE(_core, m) {
     // GGUFError derives from ValueError so callers can catch either.
     static py::exception<flashmtp::GGUFError> gguf_error(m, "GGUFError", PyExc_ValueError);
     flashmtp::bind_kernels(m);
+    flashmtp::bind_gguf(m);
     flashmtp::bind_matmul(m);
 }

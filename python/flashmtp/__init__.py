@@ -3,6 +3,7 @@
 The native core lives in ``flashmtp._core``; this package is the thin Python layer over it.
 """
 
+from flashmtp import gguf
 from flashmtp._core import GGUFError, __version__
 
-__all__ = ["GGUFError", "__version__"]
+__all__ = ["GGUFError", "__version__", "gguf"]
