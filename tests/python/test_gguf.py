@@ -5,6 +5,7 @@ must raise GGUFError (never crash); `flashmtp info` and `flashmtp-cli info` prin
 from __future__ import annotations
 
 import gc
+import os
 import struct
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
+# Subprocesses import the same flashmtp as this process: the installed package, or the developer tree.
+SUBPROCESS_ENV = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path(flashmtp.__file__).parents[1])}
 TINY = ROOT / "models" / "tiny-llama.gguf"
 Q = gguf.GGMLQuantizationType
 VT = gguf.GGUFValueType
@@ -283,7 +286,7 @@ def test_truncations_in_a_subprocess(tmp_path: Path) -> None:
         "print('ok')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "python")}
+        [sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -409,7 +412,7 @@ def _valid_blob(tmp_path: Path) -> bytes:
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        cmd, capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT / "python")}
+        cmd, capture_output=True, text=True, cwd=ROOT, env=SUBPROCESS_ENV
     )
 
 
