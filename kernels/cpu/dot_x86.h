@@ -152,9 +152,8 @@ struct BlockMxfp4 {
 
 constexpr size_t kQ8_0Size = 34;
 constexpr int kGroup = 8;
-// Two chains hide the FMA latency: a row's blocks are at least 2 cycles apart anyway (the int8 dot, conversion
-// and FMA of each), and 2 x 8 rows of accumulators leave AVX-512's 32 registers room for the rest (4 per row
-// spill there at n_x = 8, measured 3-11% slower, and are no faster at n_x = 1).
+// Two FMA chains per row: four were no faster at n_x = 1 and, at n_x = 8, spill even AVX-512's 32 registers
+// (3-11% slower than two, measured).
 constexpr int kAccumulators = 2;
 
 template <class IntDot, class Block, int NX>
@@ -208,6 +207,7 @@ template <class IntDot, class Block, int NX>
 void vec_dot_blocks_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
     constexpr int kAcc = kAccumulators;
     static_assert(kGroup % kAcc == 0, "a block's accumulator must not depend on where groups start");
+    static_assert(kAcc == 2, "the final sum below takes two accumulators");
     constexpr auto slots = std::make_integer_sequence<int, kAcc>();
     const int64_t nb = n / 32;
     __m256 acc[kAcc][NX] = {};
@@ -222,7 +222,6 @@ void vec_dot_blocks_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_s
     }
 #pragma GCC unroll 8
     for (int r = 0; r < NX; ++r) {
-        static_assert(kAcc == 2, "the sum below takes two accumulators");
         out[r] = hsum_ps(_mm256_add_ps(acc[0][r], acc[1][r]));
     }
 }
