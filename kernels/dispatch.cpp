@@ -63,9 +63,11 @@ struct Tables {
 #ifdef FLASHMTP_X86
         kernel_table_fill_avx2(table[ISA_AVX2]);
         kernel_table_fill_avx2_kquants(table[ISA_AVX2]);
+        kernel_table_fill_avx2_quant(table[ISA_AVX2]);
         // AVX-512 machines have AVX2 too: types without an AVX-512 kernel use the AVX2 one.
         kernel_table_fill_avx2(table[ISA_AVX512]);
         kernel_table_fill_avx2_kquants(table[ISA_AVX512]);
+        kernel_table_fill_avx2_quant(table[ISA_AVX512]);
         kernel_table_fill_avx512(table[ISA_AVX512]);
         kernel_table_fill_avx512_kquants(table[ISA_AVX512]);
         kernel_table_fill_avx512_quant(table[ISA_AVX512]);

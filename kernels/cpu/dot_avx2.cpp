@@ -17,7 +17,6 @@ namespace {
 // Sum of adjacent groups of four u8 * s8 products into 8 int32 lanes. The pair sums of maddubs cannot
 // saturate here: |u| <= 128 and |s| <= 127 in every caller.
 struct IntDotAvx2 {
-    static constexpr int accumulators = 2;  // four per row would not fit 16 ymm registers at n_x = 4
     static __m256i dot(__m256i u, __m256i s) {
         return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
     }

@@ -27,7 +27,6 @@ namespace {
 
 // Sum of adjacent groups of four u8 * s8 products into 8 int32 lanes, exact.
 struct IntDotVnni {
-    static constexpr int accumulators = 4;  // 32 registers: enough for n_x = 4 without spills
     static __m256i dot(__m256i u, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s); }
 };
 

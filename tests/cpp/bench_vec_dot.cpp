@@ -1,6 +1,6 @@
 // Microbenchmark of the vec_dot kernels: one GEMV pass over a weight matrix larger than the last-level cache
 // (default 64 MiB, rows of 4096), for every weight type in the scalar table and every ISA this CPU has, with
-// 1, 2 and 4 activation rows per weight row. Prints weight GB/s (median of the passes), the n_x = 1 figure as a
+// 1, 2, 4 and 8 activation rows per weight row. Prints weight GB/s (median of the passes), the n_x = 1 figure as a
 // share of a plain read of the same matrix in the same run (the machine is shared, its bandwidth varies), and
 // the time of n_x rows relative to n_x = 1 (the memory-bound ideal is 1.00).
 //     bench_vec_dot [--threads T] [--kib K] [--n N] [--passes P] [type ...]
@@ -95,8 +95,8 @@ int main(int argc, char **argv) {
     }
     std::printf("%d thread(s), %lld KiB weights, rows of %lld, median of %d passes\n", opt.threads,
                 (long long)opt.kib, (long long)opt.n, opt.passes);
-    std::printf("%-6s %-7s %9s %9s %9s %7s %7s %7s\n", "type", "isa", "GB/s x1", "GB/s x2", "GB/s x4", "x1/read",
-                "t2/t1", "t4/t1");
+    std::printf("%-6s %-7s %9s %9s %9s %9s %7s %7s %7s %7s\n", "type", "isa", "GB/s x1", "GB/s x2", "GB/s x4",
+                "GB/s x8", "x1/read", "t2/t1", "t4/t1", "t8/t1");
     std::mt19937_64 rng(1);
     const KernelTable &scalar = *kernels_for(ISA_SCALAR);
     for (uint32_t t = 0; t < DTYPE_COUNT; ++t) {
@@ -115,7 +115,7 @@ int main(int argc, char **argv) {
             std::memcpy(&w[r * row_bytes], &w[(r % distinct) * row_bytes], row_bytes);
         }
         const size_t x_stride = dtype_row_size(*dtype_traits(tr.vec_dot_type), opt.n);
-        std::vector<uint8_t> x(x_stride * VEC_DOT_MAX_X);                        // [4, x_stride]
+        std::vector<uint8_t> x(x_stride * VEC_DOT_MAX_X);                        // [VEC_DOT_MAX_X, x_stride]
         for (int i = 0; i < VEC_DOT_MAX_X; ++i) {
             test::random_activation_row(DType(t), opt.n, rng, &x[i * x_stride]);
         }
@@ -126,9 +126,10 @@ int main(int argc, char **argv) {
             const KernelTable *table = kernels_for(Isa(isa));
             if (!table) continue;
             const VecDotFn dot = table->vec_dot[t];
-            double sec[3];
-            const int n_xs[3] = {1, 2, 4};
-            for (int k = 0; k < 3; ++k) {
+            constexpr int kBatches = 4;
+            const int n_xs[kBatches] = {1, 2, 4, 8};
+            double sec[kBatches];
+            for (int k = 0; k < kBatches; ++k) {
                 auto work = [&](int64_t begin, int64_t end) {
                     for (int64_t r = begin; r < end; ++r) {
                         dot(opt.n, &w[r * row_bytes], x.data(), x_stride, n_xs[k], &out[r * n_xs[k]]);
@@ -136,9 +137,9 @@ int main(int argc, char **argv) {
                 };
                 sec[k] = time_passes(work, rows, opt.threads, isa == ISA_SCALAR ? 1 : opt.passes);
             }
-            std::printf("%-6s %-7s %9.2f %9.2f %9.2f %6.0f%% %7.2f %7.2f\n", tr.name, isa_name(Isa(isa)),
-                        gb / sec[0], gb / sec[1], gb / sec[2], 100.0 * gb / sec[0] / read, sec[1] / sec[0],
-                        sec[2] / sec[0]);
+            std::printf("%-6s %-7s %9.2f %9.2f %9.2f %9.2f %6.0f%% %7.2f %7.2f %7.2f\n", tr.name,
+                        isa_name(Isa(isa)), gb / sec[0], gb / sec[1], gb / sec[2], gb / sec[3],
+                        100.0 * gb / sec[0] / read, sec[1] / sec[0], sec[2] / sec[0], sec[3] / sec[0]);
             std::fflush(stdout);
         }
     }
