@@ -290,6 +290,13 @@ private:
             v.strings_.reserve(size_t(n));
             for (uint64_t i = 0; i < n; ++i) v.strings_.push_back(read_string(what.c_str()));
         } else if (element_type == GGUF_TYPE_ARRAY) {
+            // A nested array costs far more in memory than its 12 header bytes in the file; cap the total so a
+            // hostile file cannot make the reader allocate many times its size (llama.cpp refuses them outright).
+            if (n > GGUF_MAX_NESTED_ARRAYS - nested_arrays_) {
+                fail_at(what + ": more than " + std::to_string(GGUF_MAX_NESTED_ARRAYS) +
+                        " nested arrays in one file");
+            }
+            nested_arrays_ += n;
             v.values_.resize(size_t(n));
             for (uint64_t i = 0; i < n; ++i) {
                 read_value(v.values_[i], GGUF_TYPE_ARRAY, depth + 1, what + "[" + std::to_string(i) + "]");
@@ -395,6 +402,7 @@ private:
     const uint8_t *data_;
     uint64_t size_;
     uint64_t pos_ = 0;
+    uint64_t nested_arrays_ = 0;  // arrays inside arrays read so far (bounded by GGUF_MAX_NESTED_ARRAYS)
 };
 
 // ---- files and split models ---------------------------------------------------------------------------------------

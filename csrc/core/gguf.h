@@ -50,6 +50,8 @@ constexpr uint32_t GGUF_DEFAULT_ALIGNMENT = 32;
 constexpr uint32_t GGUF_MAX_DIMS = 4;
 // Arrays may hold arrays; deeper nesting than this is refused rather than recursed into.
 constexpr int GGUF_MAX_ARRAY_DEPTH = 8;
+// Arrays inside arrays, counted over a whole file: no real model uses them, and each costs ~10x its size.
+constexpr uint64_t GGUF_MAX_NESTED_ARRAYS = 1 << 16;
 
 // One metadata value. Scalars keep their type; arrays keep their element type and either the packed elements
 // (numbers and bools, little-endian as in the file), the strings, or the nested arrays.

@@ -229,6 +229,11 @@ void test_malformed() {
     for (int i = 0; i < 100; ++i) b.u32(GGUF_TYPE_ARRAY).u64(1);
     b.u32(GGUF_TYPE_UINT8).u64(0);
     CHECK_THROWS(GGUFError, parse(b), "arrays nested deeper than 8 levels");
+    // 2^16 + 1 empty nested arrays: 786 KB of file that would cost ~10 MB of values; refused by count.
+    b = Builder();
+    b.header(0, 1).key("wide", GGUF_TYPE_ARRAY).u32(GGUF_TYPE_ARRAY).u64(GGUF_MAX_NESTED_ARRAYS + 1);
+    for (uint64_t i = 0; i <= GGUF_MAX_NESTED_ARRAYS; ++i) b.u32(GGUF_TYPE_UINT8).u64(0);
+    CHECK_THROWS(GGUFError, parse(b), "more than 65536 nested arrays in one file");
     b = Builder();
     b.header(0, 2).kv_u32("k", 1).kv_u32("k", 2);
     CHECK_THROWS(GGUFError, parse(b), "duplicate metadata key 'k'");
