@@ -1,5 +1,5 @@
 // Microbenchmark (not a test): single-threaded K-quant GEMV through every ISA table, streaming a weight
-// matrix larger than the caches, for n_x = 1, 2, 4 activation rows per weight row. Prints GB/s of weights
+// matrix larger than the caches, for n_x = 1, 2, 4, 8 activation rows per weight row. Prints GB/s of weights
 // read and the time of n_x rows relative to one row (the cost of batching drafted tokens); a plain sum over the
 // same buffer ("read") gives the bandwidth they compare to.
 // Usage: bench_vec_dot_kquants [megabytes=96] [repeats=5] [type, e.g. q4_K: only that one]
@@ -80,8 +80,8 @@ int main(int argc, char **argv) {
         quantize_row_q8_K(xf.data(), x.data() + r * x_stride, n);
     }
 
-    std::printf("%-5s %-7s %9s %9s %9s %8s %8s\n", "type", "isa", "GB/s x1", "GB/s x2", "GB/s x4", "t2/t1",
-                "t4/t1");
+    std::printf("%-5s %-7s %9s %9s %9s %9s %8s %8s %8s\n", "type", "isa", "GB/s x1", "GB/s x2", "GB/s x4",
+                "GB/s x8", "t2/t1", "t4/t1", "t8/t1");
     for (DType type : {DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K}) {
         const DTypeTraits &t = *dtype_traits(type);
         if (only && std::strcmp(only, t.name) != 0) continue;
@@ -105,15 +105,16 @@ int main(int argc, char **argv) {
             const KernelTable *table = kernels_for(Isa(isa));
             if (!table || !table->vec_dot[type]) continue;
             const int reps = isa == ISA_SCALAR ? 1 : repeats;
-            double sec[3];
-            const int n_xs[3] = {1, 2, 4};
-            for (int i = 0; i < 3; ++i) {
+            double sec[4];
+            const int n_xs[4] = {1, 2, 4, 8};
+            for (int i = 0; i < 4; ++i) {
                 sec[i] = time_gemv(table->vec_dot[type], n, w.data(), row_bytes, rows, x.data(), x_stride, n_xs[i],
                                    reps);
             }
             const double gb = double(w.size()) / 1e9;
-            std::printf("%-5s %-7s %9.2f %9.2f %9.2f %8.2f %8.2f\n", t.name, isa_name(Isa(isa)), gb / sec[0],
-                        gb / sec[1], gb / sec[2], sec[1] / sec[0], sec[2] / sec[0]);
+            std::printf("%-5s %-7s %9.2f %9.2f %9.2f %9.2f %8.2f %8.2f %8.2f\n", t.name, isa_name(Isa(isa)),
+                        gb / sec[0], gb / sec[1], gb / sec[2], gb / sec[3], sec[1] / sec[0], sec[2] / sec[0],
+                        sec[3] / sec[0]);
         }
     }
     return 0;
