@@ -31,18 +31,25 @@ struct UnpackedBlock {
     __m512i quant[4];  // [4][64] u8: element 64k + i is byte i of quant[k], without its type's offset
     __m512i scale[2];  // [2][32] int16: scales in the layout of vpackssdw(dots 2p, dots 2p + 1), see block_sums
     __m256i min;       // [16] int16: coefficient of the activations' bsums for each group of 16
-    float d;
-    float dmin;  // Q2_K, Q4_K, Q5_K
+    __m128 d_dmin;     // [d, dmin, 0, 0]; dmin only in Q2_K, Q4_K, Q5_K
 };
 
 // Weights stream from memory once; the hardware prefetcher alone leaves the core waiting, most of all when
 // four activation rows lengthen the work per block. 2 KiB ahead measured best on Zen 4 (1 KiB to 4 KiB tried).
 constexpr size_t kPrefetchBytes = 2048;
 
-inline float load_fp16(const uint8_t *p) {
+// [d, 0, 0, 0] from one fp16 d.
+inline __m128 load_d(const uint8_t *p) {
     uint16_t h;
     std::memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128(h));
+}
+
+// [d, dmin, 0, 0] from the adjacent fp16 pair d, dmin: one conversion for both.
+inline __m128 load_d_dmin(const uint8_t *p) {
+    uint32_t h;
+    std::memcpy(&h, p, 4);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128(int(h)));
 }
 
 inline uint32_t load_u32(const uint8_t *p) {
@@ -108,8 +115,7 @@ struct Q2K {
         const __m128i nibble = _mm_set1_epi8(0x0F);
         spread_scales_per16(_mm256_cvtepu8_epi16(_mm_and_si128(packed, nibble)), u);
         u.min = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), nibble));
-        u.d = load_fp16(b + offsetof(block_q2_K, d));
-        u.dmin = load_fp16(b + offsetof(block_q2_K, dmin));
+        u.d_dmin = load_d_dmin(b + offsetof(block_q2_K, d));
     }
 };
 
@@ -140,8 +146,7 @@ struct Q3K {
         const __m256i scales = _mm256_sub_epi16(_mm256_cvtepu8_epi16(packed), _mm256_set1_epi16(32));
         spread_scales_per16(scales, u);
         u.min = _mm256_slli_epi16(scales, 2);
-        u.d = load_fp16(b + offsetof(block_q3_K, d));
-        u.dmin = 0.0f;
+        u.d_dmin = load_d(b + offsetof(block_q3_K, d));
     }
 };
 
@@ -180,8 +185,7 @@ struct Q4K {
     static void unpack(const uint8_t *b, UnpackedBlock &u) {
         split_nibbles(b + offsetof(block_q4_K, qs), u);
         spread_scale_min_k4(unpack_scale_min_k4(b + offsetof(block_q4_K, scales)), u);
-        u.d = load_fp16(b + offsetof(block_q4_K, d));
-        u.dmin = load_fp16(b + offsetof(block_q4_K, dmin));
+        u.d_dmin = load_d_dmin(b + offsetof(block_q4_K, d));
     }
 };
 
@@ -197,8 +201,7 @@ struct Q5K {
                                               u.quant[k], sixteen);
         }
         spread_scale_min_k4(unpack_scale_min_k4(b + offsetof(block_q5_K, scales)), u);
-        u.d = load_fp16(b + offsetof(block_q5_K, d));
-        u.dmin = load_fp16(b + offsetof(block_q5_K, dmin));
+        u.d_dmin = load_d_dmin(b + offsetof(block_q5_K, d));
     }
 };
 
@@ -224,8 +227,7 @@ struct Q6K {
             _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + offsetof(block_q6_K, scales))));
         spread_scales_per16(scales, u);
         u.min = _mm256_slli_epi16(scales, 5);
-        u.d = load_fp16(b + offsetof(block_q6_K, d));
-        u.dmin = 0.0f;
+        u.d_dmin = load_d(b + offsetof(block_q6_K, d));
     }
 };
 
@@ -273,7 +275,7 @@ inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stri
     // Built from scalars, not loaded from row_d: a 16-byte load of separately stored floats would miss
     // store-to-load forwarding.
     const __m128 xd = _mm_setr_ps(row_d[0], row_d[1], row_d[2], row_d[3]);
-    const __m128 d = _mm_mul_ps(xd, _mm_set1_ps(u.d));
+    const __m128 d = _mm_mul_ps(xd, _mm_shuffle_ps(u.d_dmin, u.d_dmin, 0x00));
     if constexpr (Type::has_min) {
         __m128i isum, msum;
         if constexpr (rows <= 2) {  // one reduction for both: [isum 0, isum 1, msum 0, msum 1]
@@ -283,13 +285,35 @@ inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stri
             isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
             msum = sum_lanes4(min[0], min[1], min[2], min[3]);
         }
-        const __m128 dmin = _mm_mul_ps(xd, _mm_set1_ps(u.dmin));
+        const __m128 dmin = _mm_mul_ps(xd, _mm_shuffle_ps(u.d_dmin, u.d_dmin, 0x55));
         const __m128 scaled = _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
         return _mm_sub_ps(scaled, _mm_mul_ps(dmin, _mm_cvtepi32_ps(msum)));
     } else {
         for (int r = 0; r < rows; ++r) acc[r] = _mm256_sub_epi32(acc[r], min[r]);
         const __m128i isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
         return _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
+    }
+}
+
+// The term block b adds to the sum of a single activation row (n_x = 1, a GEMV): the same float operations as
+// block_term for lane 0, with isum and msum side by side in one vector instead of rows as lanes.
+template <class Type>
+inline float block_term1(const UnpackedBlock &u, const uint8_t *xb) {
+    __m256i acc, min;
+    block_sums(u, xb, acc, min);
+    const __m128 xd = _mm_broadcast_ss(reinterpret_cast<const float *>(xb + offsetof(block_q8_K, d)));
+    const __m128 scale = _mm_mul_ps(xd, u.d_dmin);  // [x.d * d, x.d * dmin, 0, 0]
+    if constexpr (Type::has_min) {
+        const __m256i h = _mm256_hadd_epi32(acc, min);  // [isum, isum, msum, msum | isum, isum, msum, msum]
+        const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        const __m128 terms = _mm_mul_ps(scale, _mm_cvtepi32_ps(_mm_hadd_epi32(q, q)));  // [isum, msum, ...]
+        return _mm_cvtss_f32(_mm_sub_ss(terms, _mm_movehdup_ps(terms)));
+    } else {
+        const __m256i v = _mm256_sub_epi32(acc, min);
+        __m128i q = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        q = _mm_add_epi32(q, _mm_unpackhi_epi64(q, q));
+        q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x55));
+        return _mm_cvtss_f32(_mm_mul_ss(scale, _mm_cvtepi32_ps(q)));
     }
 }
 
@@ -304,7 +328,11 @@ void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride
             _mm_prefetch(reinterpret_cast<const char *>(block + kPrefetchBytes + line), _MM_HINT_T0);
         }
         Type::unpack(block, u);
-        sum_lo = _mm_add_ps(sum_lo, block_term<Type, n_x, 0>(u, x, x_stride, b));
+        if constexpr (n_x == 1) {
+            sum_lo = _mm_add_ss(sum_lo, _mm_set_ss(block_term1<Type>(u, x + b * sizeof(block_q8_K))));
+        } else {
+            sum_lo = _mm_add_ps(sum_lo, block_term<Type, n_x, 0>(u, x, x_stride, b));
+        }
         if constexpr (n_x > 4) sum_hi = _mm_add_ps(sum_hi, block_term<Type, n_x, 4>(u, x, x_stride, b));
     }
     alignas(16) float result[8];
