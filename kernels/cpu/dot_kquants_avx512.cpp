@@ -386,6 +386,38 @@ inline float block_term1(const UnpackedBlock &u, const uint8_t *xb) {
     }
 }
 
+inline void prefetch_block(const uint8_t *block, size_t block_bytes) {
+    for (size_t line = 0; line < block_bytes; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char *>(block + kPrefetchBytes + line), _MM_HINT_T0);
+    }
+}
+
+// One activation row: two blocks per iteration, both unpacked before either is used, so that the second
+// block's work is in the scheduler while the first one's long dependency chain (dot, scale, reduce,
+// convert) completes. The float sum still adds the blocks' terms one by one, in order.
+template <class Type>
+void vec_dot_row(int64_t n, const uint8_t *w, const uint8_t *x, float *out) {
+    const int64_t n_blocks = n / QK_K;
+    float sum = 0.0f;
+    UnpackedBlock u0, u1;
+    int64_t b = 0;
+    for (; b + 2 <= n_blocks; b += 2) {
+        const uint8_t *block = w + b * Type::block_bytes;
+        prefetch_block(block, 2 * Type::block_bytes);
+        Type::template unpack<false>(block, u0);
+        Type::template unpack<false>(block + Type::block_bytes, u1);
+        const float t0 = block_term1<Type>(u0, x + b * sizeof(block_q8_K));
+        const float t1 = block_term1<Type>(u1, x + (b + 1) * sizeof(block_q8_K));
+        sum += t0;
+        sum += t1;
+    }
+    if (b < n_blocks) {
+        Type::template unpack<false>(w + b * Type::block_bytes, u0);
+        sum += block_term1<Type>(u0, x + b * sizeof(block_q8_K));
+    }
+    *out = sum;
+}
+
 // Rows 0-3 and 4-7 (if n_x > 4) of every block share one unpacking of the weights.
 template <class Type, int n_x>
 void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
@@ -393,15 +425,9 @@ void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride
     UnpackedBlock u;
     for (int64_t b = 0; b < n / QK_K; ++b) {
         const uint8_t *block = w + b * Type::block_bytes;
-        for (size_t line = 0; line < Type::block_bytes; line += 64) {
-            _mm_prefetch(reinterpret_cast<const char *>(block + kPrefetchBytes + line), _MM_HINT_T0);
-        }
-        Type::template unpack<(n_x > 1)>(block, u);
-        if constexpr (n_x == 1) {
-            sum_lo = _mm_add_ss(sum_lo, _mm_set_ss(block_term1<Type>(u, x + b * sizeof(block_q8_K))));
-        } else {
-            sum_lo = _mm_add_ps(sum_lo, block_term<Type, n_x, 0>(u, x, x_stride, b));
-        }
+        prefetch_block(block, Type::block_bytes);
+        Type::template unpack<true>(block, u);
+        sum_lo = _mm_add_ps(sum_lo, block_term<Type, n_x, 0>(u, x, x_stride, b));
         if constexpr (n_x > 4) sum_hi = _mm_add_ps(sum_hi, block_term<Type, n_x, 4>(u, x, x_stride, b));
     }
     alignas(16) float result[8];
@@ -416,7 +442,7 @@ void vec_dot(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, 
     const auto *wb = static_cast<const uint8_t *>(w);
     const auto *xb = static_cast<const uint8_t *>(x);
     switch (n_x) {
-        case 1: vec_dot_rows<Type, 1>(n, wb, xb, x_stride, out); break;
+        case 1: vec_dot_row<Type>(n, wb, xb, out); break;
         case 2: vec_dot_rows<Type, 2>(n, wb, xb, x_stride, out); break;
         case 3: vec_dot_rows<Type, 3>(n, wb, xb, x_stride, out); break;
         case 4: vec_dot_rows<Type, 4>(n, wb, xb, x_stride, out); break;
