@@ -227,16 +227,18 @@ inline __m128i sum_lanes4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-// The term block b adds to each row's sum, rows as lanes of a 4-wide float vector: lane r performs exactly
-// the reference's scalar operations for row r, so neither n_x nor the slot changes its bits. Integer sums
-// are reduced across rows together (exact, so the grouping cannot matter).
-template <class Type, int n_x>
+// The term block b adds to the sums of activation rows first .. first + 3 (those below n_x), rows as lanes of a
+// 4-wide float vector: lane r performs exactly the reference's scalar operations for row first + r, so neither
+// n_x nor the slot changes its bits. Integer sums are reduced across the four rows together (exact, so the
+// grouping cannot matter).
+template <class Type, int n_x, int first>
 inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stride, int64_t b) {
+    constexpr int rows = n_x - first < 4 ? n_x - first : 4;
     __m256i acc[4], min[4];
     float row_d[4] = {};
     for (int r = 0; r < 4; ++r) {
-        if (r < n_x) {
-            const uint8_t *xb = x + r * x_stride + b * sizeof(block_q8_K);
+        if (r < rows) {
+            const uint8_t *xb = x + (first + r) * x_stride + b * sizeof(block_q8_K);
             block_sums(u, xb, acc[r], min[r]);
             std::memcpy(&row_d[r], xb + offsetof(block_q8_K, d), 4);
         } else {
@@ -249,7 +251,7 @@ inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stri
     const __m128 d = _mm_mul_ps(xd, _mm_set1_ps(u.d));
     if constexpr (Type::has_min) {
         __m128i isum, msum;
-        if constexpr (n_x <= 2) {  // one reduction for both: [isum 0, isum 1, msum 0, msum 1]
+        if constexpr (rows <= 2) {  // one reduction for both: [isum 0, isum 1, msum 0, msum 1]
             isum = sum_lanes4(acc[0], acc[1], min[0], min[1]);
             msum = _mm_unpackhi_epi64(isum, isum);
         } else {
@@ -260,15 +262,16 @@ inline __m128 block_term(const UnpackedBlock &u, const uint8_t *x, size_t x_stri
         const __m128 scaled = _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
         return _mm_sub_ps(scaled, _mm_mul_ps(dmin, _mm_cvtepi32_ps(msum)));
     } else {
-        for (int r = 0; r < n_x; ++r) acc[r] = _mm256_sub_epi32(acc[r], min[r]);
+        for (int r = 0; r < rows; ++r) acc[r] = _mm256_sub_epi32(acc[r], min[r]);
         const __m128i isum = sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
         return _mm_mul_ps(d, _mm_cvtepi32_ps(isum));
     }
 }
 
+// Rows 0-3 and 4-7 (if n_x > 4) of every block share one unpacking of the weights.
 template <class Type, int n_x>
 void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride, float *out) {
-    __m128 sum = _mm_setzero_ps();
+    __m128 sum_lo = _mm_setzero_ps(), sum_hi = _mm_setzero_ps();
     UnpackedBlock u;
     for (int64_t b = 0; b < n / QK_K; ++b) {
         const uint8_t *block = w + b * Type::block_bytes;
@@ -276,15 +279,18 @@ void vec_dot_rows(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_stride
             _mm_prefetch(reinterpret_cast<const char *>(block + kPrefetchBytes + line), _MM_HINT_T0);
         }
         Type::unpack(block, u);
-        sum = _mm_add_ps(sum, block_term<Type, n_x>(u, x, x_stride, b));
+        sum_lo = _mm_add_ps(sum_lo, block_term<Type, n_x, 0>(u, x, x_stride, b));
+        if constexpr (n_x > 4) sum_hi = _mm_add_ps(sum_hi, block_term<Type, n_x, 4>(u, x, x_stride, b));
     }
-    alignas(16) float result[4];
-    _mm_store_ps(result, sum);
+    alignas(16) float result[8];
+    _mm_store_ps(result, sum_lo);
+    _mm_store_ps(result + 4, sum_hi);
     for (int r = 0; r < n_x; ++r) out[r] = result[r];
 }
 
 template <class Type>
 void vec_dot(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, float *out) {
+    static_assert(VEC_DOT_MAX_X == 8, "one case per row count below");
     const auto *wb = static_cast<const uint8_t *>(w);
     const auto *xb = static_cast<const uint8_t *>(x);
     switch (n_x) {
@@ -292,10 +298,10 @@ void vec_dot(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, 
         case 2: vec_dot_rows<Type, 2>(n, wb, xb, x_stride, out); break;
         case 3: vec_dot_rows<Type, 3>(n, wb, xb, x_stride, out); break;
         case 4: vec_dot_rows<Type, 4>(n, wb, xb, x_stride, out); break;
-        default:  // 5..8: two passes; each row still sees exactly its n_x = 1 operations
-            vec_dot_rows<Type, 4>(n, wb, xb, x_stride, out);
-            vec_dot<Type>(n, w, xb + 4 * x_stride, x_stride, n_x - 4, out + 4);
-            break;
+        case 5: vec_dot_rows<Type, 5>(n, wb, xb, x_stride, out); break;
+        case 6: vec_dot_rows<Type, 6>(n, wb, xb, x_stride, out); break;
+        case 7: vec_dot_rows<Type, 7>(n, wb, xb, x_stride, out); break;
+        default: vec_dot_rows<Type, 8>(n, wb, xb, x_stride, out); break;
     }
 }
 
