@@ -136,6 +136,16 @@ double read_bandwidth_py(size_t n_bytes, PyThreadPool *pool, int repeats) {
     return read_bandwidth_gbps(inline_pool, n_bytes, repeats);
 }
 
+double read_seconds_py(const py::array &buffer, PyThreadPool *pool) {
+    if (!(buffer.flags() & py::array::c_style)) throw py::value_error("read_seconds: the array must be C-contiguous");
+    const void *data = buffer.data();
+    const size_t n_bytes = size_t(buffer.nbytes());
+    py::gil_scoped_release release;
+    if (pool) return read_seconds(pool->pool, data, n_bytes);
+    ThreadPool inline_pool(1);
+    return read_seconds(inline_pool, data, n_bytes);
+}
+
 }  // namespace
 
 void bind_matmul(py::module_ &m) {
@@ -154,6 +164,8 @@ void bind_matmul(py::module_ &m) {
           " [n_x, row bytes] in the type's activation format, rows may be strided) -> float32 [n_x].");
     m.def("read_bandwidth", &read_bandwidth_py, py::arg("n_bytes"), py::arg("pool") = nullptr,
           py::arg("repeats") = 5, "Median memory read bandwidth in GB/s over a buffer of n_bytes.");
+    m.def("read_seconds", &read_seconds_py, py::arg("buffer"), py::arg("pool") = nullptr,
+          "Seconds to read a C-contiguous array once, split over the pool's threads as matmul splits rows.");
 }
 
 }  // namespace flashmtp

@@ -15,12 +15,12 @@ def test_bench_kernels_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["bench", "kernels", "--threads", "2", "--types", "q8_0,q4_K", "--repeats", "1",
                  "--size-mb", "0.25", "--csv", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "read bandwidth" in printed and "ISA" in printed
+    assert "read probe" in printed and "ISA" in printed and "% read" in printed
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["type"] for r in rows] == ["q8_0", "q4_K", "numpy f32 @"]
     for r in rows:
-        assert float(r["read_bandwidth_gbps"]) > 0
+        assert float(r["read_probe_gbps"]) > 0
         assert r["note"] or float(r["gemv_gbps"]) > 0  # a type without kernels says so in its note
 
 

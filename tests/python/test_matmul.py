@@ -187,3 +187,7 @@ def test_read_bandwidth_and_pool() -> None:
     assert pool.n_threads == 2
     assert _core.read_bandwidth(1 << 20, pool, 3) > 0
     assert _core.read_bandwidth(1 << 20) > 0
+    buffer = np.arange(1 << 16, dtype=np.uint32)
+    assert _core.read_seconds(buffer, pool) > 0 and _core.read_seconds(buffer[:7]) >= 0
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.read_seconds(buffer[::2], pool)
