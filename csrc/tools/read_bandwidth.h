@@ -1,5 +1,6 @@
-// The memory read-bandwidth probe: the roofline that benchmarks compare GEMV against, since a matrix-vector
-// product reads every weight byte exactly once.
+// Memory read probes: the roofline that benchmarks compare GEMV against, since a matrix-vector product reads
+// every weight byte exactly once. read_seconds times a plain read of the very buffer a kernel reads (the fair
+// roofline on a shared machine); read_bandwidth_gbps is the machine-level figure over a fresh large buffer.
 #pragma once
 
 #include <cstddef>
