@@ -50,7 +50,9 @@ inline size_t dtype_row_size(const DTypeTraits &t, int64_t n) { return size_t(n 
 
 // ---- row kernels -------------------------------------------------------------------------------------------
 // All kernels are pure: pointers, sizes, strides; no allocation, threads, logging or global state.
-// n is the number of elements in the row and is a multiple of the type's block size.
+// n is the number of elements in the row and is a multiple of the type's block size. Quantized rows start at
+// addresses aligned for their block's fields (2 bytes; 4 for Q8_K), which GGUF's alignment and matmul's
+// scratch guarantee; dot kernels also accept weight rows at any address.
 
 // dst[0..n) = the values that the blocks at src encode.
 using DequantizeRowFn = void (*)(const void *src, float *dst, int64_t n);

@@ -1,9 +1,11 @@
 // One registration function per binding file; module.cpp calls them all.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <vector>
 
 #include "kernels.h"
 
@@ -12,6 +14,14 @@ namespace flashmtp {
 void bind_kernels(pybind11::module_ &m);  // kernel_bindings.cpp: dtypes, ISA, quantize/dequantize
 void bind_matmul(pybind11::module_ &m);   // matmul_bindings.cpp: thread pool, matmul, vec_dot, bandwidth
 void bind_gguf(pybind11::module_ &m);     // gguf_bindings.cpp: GGUFFile, metadata, tensor views, summary
+
+// Bytes of a row of n elements of type t. ValueError (naming `what`) unless n is a non-negative multiple of
+// the block size whose row size fits in memory.
+size_t checked_row_bytes(const DTypeTraits &t, int64_t n, const std::string &what);
+
+// The data of a C-contiguous array at an address the kernels may read blocks from (8-byte aligned): the
+// array's own memory when it is aligned, else a copy kept in `storage`.
+const uint8_t *aligned_data(const pybind11::array &a, std::vector<uint64_t> &storage);
 
 // The kernel table of an ISA named "scalar", "avx2" or "avx512"; "" is the one chosen for this CPU.
 // Unknown or unavailable ISAs raise ValueError.

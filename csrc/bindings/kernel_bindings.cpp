@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -28,22 +29,16 @@ Isa isa_from_name(const std::string &name) {
     throw py::value_error("unknown ISA '" + name + "' (expected scalar, avx2 or avx512)");
 }
 
-int64_t check_elements(const DTypeTraits &t, int64_t n) {
-    if (n < 0 || n % t.block_size != 0) {
-        throw py::value_error(std::string(t.name) + ": element count " + std::to_string(n) +
-                              " is not a multiple of the block size " + std::to_string(t.block_size));
-    }
-    return n;
-}
 
 // float32 [n] -> uint8 [row bytes]
 py::array_t<uint8_t> quantize(uint32_t type, py::array_t<float, py::array::c_style | py::array::forcecast> x,
                               const std::string &isa) {
     const DTypeTraits &t = traits_or_throw(type);
-    const int64_t n = check_elements(t, int64_t(x.size()));
+    const int64_t n = int64_t(x.size());
+    const size_t n_bytes = checked_row_bytes(t, n, "quantize");
     QuantizeRowFn fn = kernel_table_named(isa).quantize_row[type];
     if (!fn) throw py::value_error(std::string("no quantizer for type ") + t.name);
-    py::array_t<uint8_t> out(py::ssize_t(dtype_row_size(t, n)));
+    py::array_t<uint8_t> out{py::ssize_t(n_bytes)};
     {
         py::gil_scoped_release release;
         fn(x.data(), out.mutable_data(), n);
@@ -52,25 +47,50 @@ py::array_t<uint8_t> quantize(uint32_t type, py::array_t<float, py::array::c_sty
 }
 
 // uint8 [row bytes] -> float32 [n]
-py::array_t<float> dequantize(uint32_t type, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> raw,
-                              int64_t n, const std::string &isa) {
+py::array_t<float> dequantize(uint32_t type, const py::array &raw, int64_t n, const std::string &isa) {
     const DTypeTraits &t = traits_or_throw(type);
-    check_elements(t, n);
-    if (size_t(raw.size()) != dtype_row_size(t, n)) {
+    const size_t n_bytes = checked_row_bytes(t, n, "dequantize");
+    if (!raw.dtype().is(py::dtype::of<uint8_t>())) {
+        throw py::value_error("dequantize: raw must be a uint8 array, got " + std::string(py::str(raw.dtype())));
+    }
+    if (size_t(raw.size()) != n_bytes) {
         throw py::value_error(std::string(t.name) + ": " + std::to_string(n) + " elements need " +
-                              std::to_string(dtype_row_size(t, n)) + " bytes, got " + std::to_string(raw.size()));
+                              std::to_string(n_bytes) + " bytes, got " + std::to_string(raw.size()));
     }
     DequantizeRowFn fn = kernel_table_named(isa).dequantize_row[type];
     if (!fn) throw py::value_error(std::string("cannot dequantize type ") + t.name);
+    const auto contiguous = py::array_t<uint8_t, py::array::c_style>::ensure(raw);  // copies only if strided
+    std::vector<uint64_t> storage;
+    const uint8_t *src = aligned_data(contiguous, storage);
     py::array_t<float> out(n);
     {
         py::gil_scoped_release release;
-        fn(raw.data(), out.mutable_data(), n);
+        fn(src, out.mutable_data(), n);
     }
     return out;
 }
 
 }  // namespace
+
+size_t checked_row_bytes(const DTypeTraits &t, int64_t n, const std::string &what) {
+    if (n < 0 || n % t.block_size != 0) {
+        throw py::value_error(what + ": " + t.name + ": element count " + std::to_string(n) +
+                              " is not a multiple of the block size " + std::to_string(t.block_size));
+    }
+    // Rows beyond 2^48 bytes cannot exist in memory; the bound also keeps n / block * size from overflowing.
+    if (uint64_t(n / t.block_size) > (uint64_t(1) << 48) / t.type_size) {
+        throw py::value_error(what + ": " + std::to_string(n) + " " + t.name + " elements is too many");
+    }
+    return dtype_row_size(t, n);
+}
+
+const uint8_t *aligned_data(const py::array &a, std::vector<uint64_t> &storage) {
+    const auto *data = static_cast<const uint8_t *>(a.data());
+    if (reinterpret_cast<uintptr_t>(data) % 8 == 0) return data;
+    storage.resize((size_t(a.nbytes()) + 7) / 8);
+    std::memcpy(storage.data(), data, size_t(a.nbytes()));
+    return reinterpret_cast<const uint8_t *>(storage.data());
+}
 
 const KernelTable &kernel_table_named(const std::string &isa) {
     if (isa.empty()) return kernels();

@@ -60,8 +60,8 @@ py::array_t<float> matmul_py(uint32_t type, const py::array &w_raw, const py::ar
     const int64_t n_tokens = x.ndim() == 2 ? int64_t(x.shape(0)) : 1;
     const int64_t n_cols = int64_t(x.shape(x.ndim() - 1));
     const int64_t n_rows = int64_t(w_raw.shape(0));
-    if (n_cols % traits->block_size != 0) {
-        throw py::value_error("matmul: x has " + std::to_string(n_cols) + " columns, not a multiple of the " +
+    if (n_cols <= 0 || n_cols % traits->block_size != 0) {
+        throw py::value_error("matmul: x has " + std::to_string(n_cols) + " columns, not a positive multiple of the " +
                               traits->name + " block size " + std::to_string(traits->block_size));
     }
     const size_t row_bytes = dtype_row_size(*traits, n_cols);
@@ -70,7 +70,7 @@ py::array_t<float> matmul_py(uint32_t type, const py::array &w_raw, const py::ar
                               traits->name + " row of " + std::to_string(n_cols) + " columns (from x) takes " +
                               std::to_string(row_bytes));
     }
-    if (n_rows > 1 && (w_raw.strides(1) != 1 || w_raw.strides(0) < py::ssize_t(row_bytes))) {
+    if (w_raw.strides(1) != 1 || (n_rows > 1 && w_raw.strides(0) < py::ssize_t(row_bytes))) {
         throw py::value_error("matmul: w_raw rows must be contiguous bytes with a row stride >= the row size");
     }
     const size_t row_stride = n_rows > 1 ? size_t(w_raw.strides(0)) : row_bytes;
@@ -103,7 +103,7 @@ py::array_t<float> vec_dot_py(uint32_t type, const py::array &w_row, const py::a
         throw py::value_error("vec_dot: n = " + std::to_string(n) + " is not a positive multiple of the " +
                               traits->name + " block size " + std::to_string(traits->block_size));
     }
-    const size_t w_bytes = dtype_row_size(*traits, n), x_bytes = dtype_row_size(activation, n);
+    const size_t w_bytes = checked_row_bytes(*traits, n, "vec_dot"), x_bytes = dtype_row_size(activation, n);
     const bool w_ok = w_row.dtype().is(py::dtype::of<uint8_t>()) && w_row.ndim() == 1 &&
                       size_t(w_row.shape(0)) == w_bytes && w_row.strides(0) == 1;
     if (!w_ok) {
@@ -117,10 +117,16 @@ py::array_t<float> vec_dot_py(uint32_t type, const py::array &w_row, const py::a
                               std::to_string(n) + " elements of " + activation.name +
                               "), rows contiguous, row stride >= the row size");
     }
-    const int n_x = int(x.shape(0));
-    if (n_x < 1 || n_x > VEC_DOT_MAX_X) {
+    if (x.shape(0) < 1 || x.shape(0) > VEC_DOT_MAX_X) {
         throw py::value_error("vec_dot: n_x = " + std::to_string(x.shape(0)) + " rows, need 1.." +
                               std::to_string(VEC_DOT_MAX_X));
+    }
+    const int n_x = int(x.shape(0));
+    // Q8_K blocks start with a float: their rows must be 4-byte aligned (kernels.h).
+    const size_t x_align = activation.type_size % 4 == 0 ? 4 : 1;
+    if (reinterpret_cast<uintptr_t>(x.data()) % x_align != 0 || size_t(x.strides(0)) % x_align != 0) {
+        throw py::value_error(std::string("vec_dot: ") + activation.name + " rows must start at " +
+                              std::to_string(x_align) + "-byte aligned addresses");
     }
     const VecDotFn dot = kernel_table_named(isa).vec_dot[type];
     if (!dot) throw py::value_error(std::string("vec_dot: no dot kernel for weight type ") + traits->name);

@@ -316,8 +316,9 @@ private:
             fail(std::string("key 'general.alignment': expected u32, found ") + gguf_type_name(v.type));
         }
         const uint32_t alignment = uint32_t(v.bits_);
-        if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
-            fail("key 'general.alignment': expected a non-zero power of two, found " + std::to_string(alignment));
+        // The GGUF spec asks for a multiple of 8; it also keeps every tensor's blocks aligned for their fields.
+        if (alignment < 8 || (alignment & (alignment - 1)) != 0) {
+            fail("key 'general.alignment': expected a power of two >= 8, found " + std::to_string(alignment));
         }
         out.alignment = alignment;
     }

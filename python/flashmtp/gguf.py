@@ -34,7 +34,7 @@ _PLAIN_DTYPES: dict[int, np.dtype] = {
     28: np.dtype("<f8"),  # F64
     30: np.dtype("<u2"),  # BF16 (raw bits)
 }
-_INTEGER_TYPES = {24, 25, 26, 27}
+_CAST_TYPES = {24, 25, 26, 27, 28}  # i8, i16, i32, i64, f64: plain numpy casts to float32
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class GGUFFile:
         """The tensor as a new float32 array shaped like it, decoded by the kernel table's dequantize_row
         (integer types are converted by numpy)."""
         info = self.tensor_info(name)
-        if info.type in _INTEGER_TYPES:
+        if info.type in _CAST_TYPES:
             return self.tensor(name).astype(np.float32)
         raw = np.frombuffer(self._core_file.tensor_buffer(name.encode("utf-8", "surrogateescape")), np.uint8)
         try:

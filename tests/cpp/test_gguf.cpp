@@ -169,10 +169,10 @@ void test_tensors_and_alignment() {
     const auto g = parse(c);
     CHECK(g->alignment() == 256);
     CHECK(g->tensors()[0].file_offset == 512);
-    for (uint32_t bad : {0u, 3u, 48u}) {
+    for (uint32_t bad : {0u, 1u, 3u, 4u, 48u}) {
         Builder d;
         d.header(0, 1).kv_u32("general.alignment", bad);
-        CHECK_THROWS(GGUFError, parse(d), "general.alignment': expected a non-zero power of two, found");
+        CHECK_THROWS(GGUFError, parse(d), "general.alignment': expected a power of two >= 8, found");
     }
     Builder wrong_type;
     wrong_type.header(0, 1).key("general.alignment", GGUF_TYPE_UINT64).u64(32);

@@ -173,6 +173,13 @@ def test_bad_arguments_raise_value_error() -> None:
         (lambda: _core.vec_dot(int(t), w_raw[0], np.zeros((5, 1), np.uint8), n_cols), "x must be uint8"),
         (lambda: _core.vec_dot(int(t), w_raw[0, :-1], np.zeros((1, 1), np.uint8), n_cols), "w_row must be"),
         (lambda: _core.vec_dot(int(t), w_raw[0], np.zeros((1, 1), np.uint8), 0), "multiple of"),
+        # One weight row given with a byte stride other than 1 (reversed or every other byte): refused.
+        (lambda: _core.matmul(int(t), np.ascontiguousarray(w_raw[:1])[:, ::-1], x), "row stride"),
+        (lambda: _core.matmul(int(t), np.repeat(w_raw[:1], 2, axis=1)[:, ::2], x), "row stride"),
+        (lambda: _core.matmul(int(t), w_raw[:, :0], x[:, :0]), "positive multiple"),
+        # A byte count that would overflow size_t.
+        (lambda: _core.vec_dot(int(T.F32), np.zeros(4, np.uint8), np.zeros((1, 4), np.uint8), 2**62 + 1),
+         "too many"),
     ]
     if quants.GGML_QUANT_SIZES[t][0] > 1:
         cases.append((lambda: _core.matmul(int(t), w_raw, np.zeros((2, n_cols + 1), np.float32)),

@@ -376,3 +376,22 @@ def test_binding_errors() -> None:
             _core.quantize(bad, np.zeros(32, np.float32))
     with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
         _core.quantize(int(T.Q8_0), np.zeros(32, np.float32), isa="sse9")
+    # A size whose byte count would overflow, and raw data that is not bytes: refused, not wrapped or cast.
+    with pytest.raises(ValueError, match="too many"):
+        _core.dequantize(int(T.F32), np.zeros(4, np.uint8), 2**62 + 1)
+    with pytest.raises(ValueError, match="raw must be a uint8 array"):
+        _core.dequantize(int(T.Q8_0), np.zeros(34) + 300, 32)
+
+
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_K, T.Q6_K, T.Q5_0], ids=lambda t: t.name)
+def test_dequantize_any_address(qtype: T) -> None:
+    """Rows at odd addresses or with strides dequantize like aligned, contiguous ones (the binding copies)."""
+    rng = np.random.default_rng(7)
+    raw = _core.quantize(int(qtype), rng.standard_normal(512).astype(np.float32))
+    expected = _core.dequantize(int(qtype), raw, 512)
+    shifted = np.zeros(raw.size + 1, np.uint8)
+    shifted[1:] = raw
+    assert np.array_equal(_core.dequantize(int(qtype), shifted[1:], 512), expected)
+    strided = np.zeros(2 * raw.size, np.uint8)
+    strided[::2] = raw
+    assert np.array_equal(_core.dequantize(int(qtype), strided[::2], 512), expected)
