@@ -32,7 +32,8 @@ struct block_q5_K { uint16_t d; uint16_t dmin; uint8_t scales[K_SCALE_SIZE]; uin
 struct block_q6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; };
 struct block_q8_K { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; };  // activations only
 
-// Q8_0X rows (activations; layout in kernels.h): byte offsets of the scale and sum arrays in a row of n elements.
+// Q8_0X rows (activations; layout in kernels.h): byte offsets of the scale and sum arrays in a row of n
+// elements.
 constexpr int QK8_0X = 32;
 constexpr size_t kQ8_0XBlockBytes = QK8_0X + sizeof(float) + sizeof(int16_t);  // 38: dtype_row_size per block
 inline size_t q8_0x_scales_offset(int64_t n) { return size_t(n); }

@@ -1,7 +1,8 @@
 // AVX-512 activation quantizers: Q8_0X (for the 32-element weight types; Q8_0 weights share its block code)
 // and Q8_K (for the K-quants). They run once per token per matmul input, so they sit on the decode path. Each
 // is bit-identical to its scalar reference in kernels/ref/quant_ref.cpp (same float operations on each
-// element, same rounding), so scalar and SIMD runs quantize activations identically. Inputs are assumed NaN-free, like the references'.
+// element, same rounding), so scalar and SIMD runs quantize activations identically. Inputs are assumed
+// NaN-free, like the references'.
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's AVX-512 headers fill unused lanes from self-initialised _mm512_undefined_*() values, which
 // -Wmaybe-uninitialized (or -Wuninitialized, when inlined through a helper) reports at every inlined intrinsic
