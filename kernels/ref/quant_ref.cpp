@@ -1,5 +1,5 @@
 // Scalar reference quantizers and dequantizers for the plain, legacy (32-element) and MXFP4 formats, and the
-// Q8_K activation format; the K-quant weight formats live in quant_kquants_ref.cpp. These are the
+// Q8_0X and Q8_K activation formats; the K-quant weight formats live in quant_kquants_ref.cpp. These are the
 // specification every SIMD variant is checked against.
 // Rounding follows the `gguf` package's numpy code bit for bit wherever it defines a result (it quantizes
 // F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and MXFP4 and dequantizes every format here but Q8_K), which is
