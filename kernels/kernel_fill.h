@@ -12,9 +12,9 @@ void kernel_table_fill_dot_kquants_ref(KernelTable &table);  // kernels/ref/dot_
 
 void kernel_table_fill_avx2(KernelTable &table);             // kernels/cpu/dot_avx2.cpp
 void kernel_table_fill_avx2_kquants(KernelTable &table);     // kernels/cpu/dot_kquants_avx2.cpp
-void kernel_table_fill_avx2_quant(KernelTable &table);       // kernels/cpu/quant_avx2.cpp (Q8_0, Q8_K)
+void kernel_table_fill_avx2_quant(KernelTable &table);       // kernels/cpu/quant_avx2.cpp (Q8_0, Q8_0X, Q8_K)
 void kernel_table_fill_avx512(KernelTable &table);           // kernels/cpu/dot_avx512.cpp
 void kernel_table_fill_avx512_kquants(KernelTable &table);   // kernels/cpu/dot_kquants_avx512.cpp
-void kernel_table_fill_avx512_quant(KernelTable &table);     // kernels/cpu/quant_avx512.cpp (Q8_0, Q8_K)
+void kernel_table_fill_avx512_quant(KernelTable &table);     // kernels/cpu/quant_avx512.cpp (Q8_0, Q8_0X, Q8_K)
 
 }  // namespace flashmtp

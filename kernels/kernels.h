@@ -8,7 +8,8 @@
 
 namespace flashmtp {
 
-// Tensor element types, numbered as ggml numbers them (these ids are stored in GGUF files).
+// Tensor element types, numbered as ggml numbers them (these ids are stored in GGUF files), then our internal
+// activation formats from DTYPE_INTERNAL_FIRST on, which files can never name (DTypeTraits::is_internal).
 enum DType : uint32_t {
     DTYPE_F32 = 0,
     DTYPE_F16 = 1,
@@ -31,7 +32,15 @@ enum DType : uint32_t {
     DTYPE_F64 = 28,
     DTYPE_BF16 = 30,
     DTYPE_MXFP4 = 39,
-    DTYPE_COUNT = 40,  // ids are < DTYPE_COUNT; gaps are types we do not read
+    DTYPE_INTERNAL_FIRST = 64,  // far above ggml's ids, so that new ggml types never collide with ours
+    // Activations of the 32-element weight types. A row of n elements (n a multiple of 32, nb = n / 32 blocks)
+    // is not a sequence of blocks but three arrays, so that each block's 32 quants are one aligned 32-byte
+    // load when the row starts 64-byte aligned (matmul aligns its rows; Q8_0's 34-byte blocks split cache
+    // lines), scales load 8 at a time without conversion, and kernels get each block's quant sum for free:
+    //     int8_t qs[n] | float d[nb] | int16_t sum[nb]           (sum[b] = sum of qs[32b .. 32b + 31])
+    // Quants and scales are Q8_0's exactly: d is Q8_0's fp16 scale, widened to float.
+    DTYPE_Q8_0X = 64,
+    DTYPE_COUNT = 65,  // ids are < DTYPE_COUNT; gaps are types we do not read
 };
 
 struct DTypeTraits {
@@ -40,12 +49,14 @@ struct DTypeTraits {
     size_t type_size;       // bytes per block
     bool is_quantized;
     DType vec_dot_type;     // activation format a weight row of this type is dotted against
+    bool is_internal;       // our own activation format: never valid in a file
 };
 
 // nullptr for ids we do not know (unknown types are a load-time error, never a crash).
 const DTypeTraits *dtype_traits(uint32_t type);
 
-// Bytes of a row of n elements; n must be a multiple of the block size.
+// Bytes of a row of n elements; n must be a multiple of the block size. (Q8_0X rows are not block sequences,
+// but their size is still 38 bytes per 32 elements.)
 inline size_t dtype_row_size(const DTypeTraits &t, int64_t n) { return size_t(n / t.block_size) * t.type_size; }
 
 // ---- row kernels -------------------------------------------------------------------------------------------
@@ -60,7 +71,8 @@ using DequantizeRowFn = void (*)(const void *src, float *dst, int64_t n);
 using QuantizeRowFn = void (*)(const float *src, void *dst, int64_t n);
 
 // Dot products of one weight row w (n elements, its own type) with n_x activation rows, each already in the
-// weight type's vec_dot_type, the i-th starting x_stride bytes after the previous one:
+// weight type's vec_dot_type, the i-th starting x_stride bytes after the previous one (rows may sit at any
+// address; they are fastest 64-byte aligned):
 //     out[i] = dot(w, x + i * x_stride)          for i < n_x, 1 <= n_x <= VEC_DOT_MAX_X.
 // Contract (batch invariance): out[i] is bit-identical whatever n_x is and whichever slot i the row sits in.
 // A variant may share work across the n_x rows (unpacking w once) but performs, for every row, the same
@@ -79,7 +91,7 @@ const char *isa_name(Isa isa);
 struct KernelTable {
     Isa isa;
     VecDotFn vec_dot[DTYPE_COUNT];                // by weight type; nullptr if not a weight type
-    QuantizeRowFn quantize_row[DTYPE_COUNT];      // activation formats at least (Q8_0, Q8_K, F32 copy)
+    QuantizeRowFn quantize_row[DTYPE_COUNT];      // activation formats at least (Q8_0X, Q8_K, F32 copy)
     DequantizeRowFn dequantize_row[DTYPE_COUNT];  // every readable type
 };
 
@@ -106,6 +118,7 @@ void dequantize_row_q4_K(const void *src, float *dst, int64_t n);
 void dequantize_row_q5_K(const void *src, float *dst, int64_t n);
 void dequantize_row_q6_K(const void *src, float *dst, int64_t n);
 void dequantize_row_q8_K(const void *src, float *dst, int64_t n);
+void dequantize_row_q8_0x(const void *src, float *dst, int64_t n);
 
 void quantize_row_f32(const float *src, void *dst, int64_t n);
 void quantize_row_f16(const float *src, void *dst, int64_t n);
@@ -122,5 +135,6 @@ void quantize_row_q4_K(const float *src, void *dst, int64_t n);
 void quantize_row_q5_K(const float *src, void *dst, int64_t n);
 void quantize_row_q6_K(const float *src, void *dst, int64_t n);
 void quantize_row_q8_K(const float *src, void *dst, int64_t n);
+void quantize_row_q8_0x(const float *src, void *dst, int64_t n);
 
 }  // namespace flashmtp

@@ -3,6 +3,7 @@
 // Does not own: any arithmetic on whole rows (kernels/ref, kernels/cpu).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -30,6 +31,13 @@ struct block_q4_K { uint16_t d; uint16_t dmin; uint8_t scales[K_SCALE_SIZE]; uin
 struct block_q5_K { uint16_t d; uint16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; };
 struct block_q6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; };
 struct block_q8_K { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; };  // activations only
+
+// Q8_0X rows (activations; layout in kernels.h): byte offsets of the scale and sum arrays in a row of n
+// elements.
+constexpr int QK8_0X = 32;
+constexpr size_t kQ8_0XBlockBytes = QK8_0X + sizeof(float) + sizeof(int16_t);  // 38: dtype_row_size per block
+inline size_t q8_0x_scales_offset(int64_t n) { return size_t(n); }
+inline size_t q8_0x_sums_offset(int64_t n) { return size_t(n) + sizeof(float) * size_t(n / QK8_0X); }
 
 static_assert(sizeof(block_q4_0) == 18, "q4_0 layout");
 static_assert(sizeof(block_q4_1) == 20, "q4_1 layout");

@@ -108,6 +108,7 @@ void bind_kernels(py::module_ &m) {
         d["type_size"] = t.type_size;
         d["is_quantized"] = t.is_quantized;
         d["vec_dot_type"] = uint32_t(t.vec_dot_type);
+        d["is_internal"] = t.is_internal;
         return d;
     }, py::arg("type"), "Block size, bytes per block and activation type of a tensor type id.");
     m.def("isa", []() { return std::string(isa_name(kernels().isa)); },

@@ -343,7 +343,9 @@ private:
         }
         t.type = read_u32((what + " type").c_str());
         const DTypeTraits *traits = dtype_traits(t.type);
-        if (!traits) fail_at(what + ": unknown or unsupported tensor type id " + std::to_string(t.type));
+        if (!traits || traits->is_internal) {  // internal: our activation formats, never a file's
+            fail_at(what + ": unknown or unsupported tensor type id " + std::to_string(t.type));
+        }
         t.offset = read_u64((what + " offset").c_str());
 
         if (t.ne[0] % traits->block_size != 0) {

@@ -1,5 +1,5 @@
 // AVX2 (+FMA, F16C) dot products: float weights against F32 activations, and the 32-element block types
-// against Q8_0 (dot_x86.h), with int8 products summed by maddubs + madd.
+// against Q8_0X (dot_x86.h), with int8 products summed by maddubs + madd.
 // Every kernel unpacks or converts a weight vector once and uses it for all n_x activation rows; each row's
 // float operations are those of n_x = 1 (kernels.h, batch invariance).
 #include <immintrin.h>

@@ -1,5 +1,5 @@
 // AVX-512 (F/BW/VL/DQ + VNNI) dot products: float weights against F32 activations on 512-bit vectors, and the
-// 32-element block types against Q8_0 (dot_x86.h) with int8 products summed by one 256-bit vpdpbusd.
+// 32-element block types against Q8_0X (dot_x86.h) with int8 products summed by one 256-bit vpdpbusd.
 // Why 256-bit for the blocks: Zen 4 runs a 512-bit vpdpbusd or FMA at half the rate of a 256-bit one (measured:
 // 1 vs 2 per cycle), so a zmm buys no arithmetic, and a 32-element block fills a ymm exactly. The float kernels
 // are bound by FMA latency at n_x = 1 and use zmm: twice the elements per dependent FMA (4.0 vs 7.1 cycles per

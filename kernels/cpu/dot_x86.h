@@ -1,4 +1,4 @@
-// x86 dot products of 32-element weight blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4) against Q8_0 activations,
+// x86 dot products of 32-element weight blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4) against Q8_0X activations,
 // shared by dot_avx2.cpp and dot_avx512.cpp, which differ only in how 32 int8 products are summed (IntDot).
 // Everything here has internal linkage on purpose: each including file compiles its own copy with its own -m
 // flags, and the linker must never merge the AVX-512 copy into the AVX2 table (ODR).
@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "../kernels.h"
+#include "../quant_blocks.h"
 
 namespace flashmtp {
 namespace {
@@ -71,14 +72,19 @@ inline __m256i unpack_bits(const uint8_t *qh) {
 }
 
 // ---- weight blocks --------------------------------------------------------------------------------------------
-// unpack() gives the block's 32 integer weights in element order; scales() the d (and m) of up to 8 consecutive
-// blocks; element j of a block = d * q[j] + m. Signed types feed q to the sign trick (|q| as the unsigned
-// operand); unsigned ones (those with a min) use q directly and also need the activation block's plain sum.
+// unpack() gives the block's 32 integer weights in element order, plus kBias: q_w + kBias, which is unsigned
+// (the u8 operand of the int8 dots), so that
+//     sum_j q_w[j] q_x[j] = sum_j (q_w[j] + kBias) q_x[j] - kBias * xsum,     xsum = sum_j q_x[j],
+// with xsum stored in the Q8_0X row: the kernel folds -kBias * xsum into the same per-group term as the min of
+// Q4_1/Q5_1 (below) and needs no per-row sign step. Only Q8_0 weights (-128..127) have no unsigned form that
+// keeps maddubs' pair sums from saturating; they use the sign trick (kSigned: |q_w| as the unsigned operand,
+// q_x with q_w's sign). scales() gives the d (and m) of up to 8 consecutive blocks; element j = d * q[j] + m.
 
 template <size_t block_size, bool with_min>
 struct BlockFp16Scales {
     static constexpr size_t size = block_size;
     static constexpr bool has_min = with_min;
+    static constexpr bool kSigned = false;
     template <bool kFull>
     static void scales(const uint8_t *w, int count, __m256 &d, __m256 &m) {
         d = load_fp16x8<block_size, kFull>(w, count);
@@ -86,30 +92,34 @@ struct BlockFp16Scales {
     }
 };
 
+// The five-bit values of Q5_0 and Q5_1: the nibble with the fifth bit from qh.
+inline __m256i unpack_q5(const uint8_t *qh, const uint8_t *qs) {
+    return _mm256_or_si256(unpack_nibbles(qs), _mm256_and_si256(unpack_bits(qh), _mm256_set1_epi8(0x10)));
+}
+
 struct BlockQ4_0 : BlockFp16Scales<18, false> {
-    static __m256i unpack(const uint8_t *b) { return _mm256_sub_epi8(unpack_nibbles(b + 2), _mm256_set1_epi8(8)); }
+    static constexpr int kBias = 8;
+    static __m256i unpack(const uint8_t *b) { return unpack_nibbles(b + 2); }
 };
 
 struct BlockQ4_1 : BlockFp16Scales<20, true> {
+    static constexpr int kBias = 0;
     static __m256i unpack(const uint8_t *b) { return unpack_nibbles(b + 4); }
 };
 
 struct BlockQ5_0 : BlockFp16Scales<22, false> {
-    static __m256i unpack(const uint8_t *b) {
-        // q - 16 = nibble - 16 when the fifth bit is clear, which in int8 is the nibble with 0xf0 or-ed in.
-        const __m256i high_clear = _mm256_andnot_si256(unpack_bits(b + 2), _mm256_set1_epi8(int8_t(0xf0)));
-        return _mm256_or_si256(unpack_nibbles(b + 6), high_clear);
-    }
+    static constexpr int kBias = 16;
+    static __m256i unpack(const uint8_t *b) { return unpack_q5(b + 2, b + 6); }
 };
 
 struct BlockQ5_1 : BlockFp16Scales<24, true> {
-    static __m256i unpack(const uint8_t *b) {
-        const __m256i high = _mm256_and_si256(unpack_bits(b + 4), _mm256_set1_epi8(0x10));
-        return _mm256_or_si256(unpack_nibbles(b + 8), high);
-    }
+    static constexpr int kBias = 0;
+    static __m256i unpack(const uint8_t *b) { return unpack_q5(b + 4, b + 8); }
 };
 
 struct BlockQ8_0 : BlockFp16Scales<34, false> {
+    static constexpr bool kSigned = true;
+    static constexpr int kBias = 0;
     static __m256i unpack(const uint8_t *b) {
         return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(b + 2));
     }
@@ -118,6 +128,8 @@ struct BlockQ8_0 : BlockFp16Scales<34, false> {
 struct BlockMxfp4 {
     static constexpr size_t size = 17;
     static constexpr bool has_min = false;
+    static constexpr bool kSigned = false;
+    static constexpr int kBias = 12;  // the doubled E2M1 values are -12..12
     // 2^(e-128): the E8M0 scale halved to match the doubled E2M1 table, exact for every e (see dot_ref.cpp).
     template <bool kFull>
     static void scales(const uint8_t *w, int count, __m256 &d, __m256 &m) {
@@ -133,47 +145,55 @@ struct BlockMxfp4 {
         m = _mm256_setzero_ps();
     }
     static __m256i unpack(const uint8_t *b) {
-        const __m256i doubled = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,  //
-                                                 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
-        return _mm256_shuffle_epi8(doubled, unpack_nibbles(b + 1));
+        // The doubled E2M1 table (dot_ref.cpp) plus kBias.
+        const __m256i biased = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,  //
+                                                12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+        return _mm256_shuffle_epi8(biased, unpack_nibbles(b + 1));
     }
 };
 
 // ---- the row kernel -------------------------------------------------------------------------------------------
-// Blocks go in groups of 8: first the group's float scales d_w * d_x (and m_w * d_x) of every row, 8 at a time,
-// into a small stack array, then the integer dots. Per activation row, kAccumulators accumulators of 8 float
-// lanes take the blocks in turn, so that consecutive blocks' FMAs do not wait on each other; each block adds
-//     acc = fma(broadcast(d_w * d_x), float(8 lane partial sums of q_w * q_x), acc)      [+ the min term]
-// and the row ends with hsum_ps(acc[0] + acc[1]). Rows share the unpacked weight block and the weight scales;
-// each row's float operations do not depend on NX or on the row's slot (kernels.h). All n_x rows go in one pass
-// over the weights: with AVX2's 16 registers 8 rows spill accumulators, and are still 3-15% faster than two
-// passes of 4 (measured).
-// Activation values must lie in [-127, 127] (the Q8_0 quantizer guarantees it) for the sign trick.
+// Blocks go in groups of 8. Per group and activation row, first the float scales d_w * d_x of the 8 blocks, into
+// a small stack array, then the integer dots: kAccumulators accumulators of 8 float lanes take the blocks in
+// turn, so that consecutive blocks' FMAs do not wait on each other; each block adds
+//     acc = fma(broadcast(d_w * d_x), float(8 lane partial sums of (q_w + kBias) * q_x), acc).
+// The blocks' xsum terms go in one FMA per group, the 8 blocks in the 8 lanes (types with a min or a bias):
+//     acc_xsum = fma(m_w * d_x - kBias * (d_w * d_x), float(xsum), acc_xsum)
+// and the row ends with hsum_ps((acc[0] + acc[1]) + acc_xsum). Rows share the unpacked weight block and the
+// weight scales; each row's float operations do not depend on NX or on the row's slot (kernels.h). All n_x rows
+// go in one pass over the weights: with AVX2's 16 registers 8 rows spill accumulators, and are still 3-15%
+// faster than two passes of 4 (measured).
+// Activation codes lie in [-127, 127] (Q8_0's quantizer guarantees it), which the sign trick needs.
+// Gain over the same kernel on Q8_0 activations (34-byte blocks, fp16 scales, no sums), one thread, weights in
+// L2, n_x = 1: Q4_0 and MXFP4 +25%, Q5_0 +22%, Q5_1 +50%, Q4_1 +66%, Q8_0 +12% (measured, Zen 4).
 
-constexpr size_t kQ8_0Size = 34;
 constexpr int kGroup = 8;
 // Two FMA chains per row: four were no faster at n_x = 1 and, at n_x = 8, spill even AVX-512's 32 registers
 // (3-11% slower than two, measured).
 constexpr int kAccumulators = 2;
 
+// One activation row as the kernel reads it (Q8_0X, kernels.h): codes, then scales, then code sums.
+struct ActivationRows {
+    const uint8_t *qs;      // [n] int8 codes of row 0; row r starts stride bytes later, as do its scales, sums
+    const uint8_t *scales;  // [n / 32] float
+    const uint8_t *sums;    // [n / 32] int16
+    size_t stride;
+};
+
+template <class Block>
+constexpr bool kHasXsumTerm = Block::has_min || Block::kBias != 0;
+
 template <class IntDot, class Block, int NX>
-inline void accumulate_rows(const uint8_t *wb, const uint8_t *x, size_t x_stride, const float *d, const float *m,
+inline void accumulate_rows(const uint8_t *wb, const uint8_t *xq, size_t x_stride, const float *d,
                             __m256 (&acc)[NX]) {
     const __m256i q = Block::unpack(wb);
-    const __m256i q_abs = _mm256_sign_epi8(q, q);
+    [[maybe_unused]] const __m256i q_abs = Block::kSigned ? _mm256_sign_epi8(q, q) : q;
 #pragma GCC unroll 8
     for (int r = 0; r < NX; ++r) {
-        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x + r * x_stride + 2));
-        if constexpr (Block::has_min) {
-            const __m256 prod = _mm256_cvtepi32_ps(IntDot::dot(q, xq));
-            const __m256 xsum = _mm256_cvtepi32_ps(IntDot::dot(_mm256_set1_epi8(1), xq));
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(d + r * kGroup), prod, acc[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(m + r * kGroup), xsum, acc[r]);
-        } else {
-            // q_w * q_x = |q_w| * (q_x with q_w's sign): unsigned times signed, which is what the int8 dots take.
-            const __m256 prod = _mm256_cvtepi32_ps(IntDot::dot(q_abs, _mm256_sign_epi8(xq, q)));
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(d + r * kGroup), prod, acc[r]);
-        }
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xq + r * x_stride));
+        // Signed weights: q_w * q_x = |q_w| * (q_x with q_w's sign), unsigned times signed as the int8 dots take.
+        const __m256i prod = Block::kSigned ? IntDot::dot(q_abs, _mm256_sign_epi8(x, q)) : IntDot::dot(q, x);
+        acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(d + r * kGroup), _mm256_cvtepi32_ps(prod), acc[r]);
     }
 }
 
@@ -181,23 +201,38 @@ inline void accumulate_rows(const uint8_t *wb, const uint8_t *x, size_t x_stride
 // acc[j] takes the blocks whose index is j modulo kAcc: kAcc independent FMA chains per row. The slots J are
 // template constants, not loop counters, so that the compiler keeps every accumulator in a register.
 template <class IntDot, class Block, int NX, bool kFull, int... J>
-inline void accumulate_group(const uint8_t *w, const uint8_t *x, size_t x_stride, int count,
-                             __m256 (&acc)[sizeof...(J)][NX], std::integer_sequence<int, J...>) {
+inline void accumulate_group(const uint8_t *w, const ActivationRows &x, int64_t b, int count,
+                             __m256 (&acc)[sizeof...(J)][NX], __m256 (&acc_xsum)[NX],
+                             std::integer_sequence<int, J...>) {
     constexpr int kAcc = int(sizeof...(J));
     alignas(32) float d[NX][kGroup];  // d_w * d_x
-    alignas(32) float m[NX][kGroup];  // m_w * d_x (types with a min)
     __m256 dw, mw;
     Block::template scales<kFull>(w, count, dw, mw);
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 #pragma GCC unroll 8
     for (int r = 0; r < NX; ++r) {
-        const __m256 dx = load_fp16x8<kQ8_0Size, kFull>(x + r * x_stride, count);
-        _mm256_store_ps(d[r], _mm256_mul_ps(dw, dx));
-        if (Block::has_min) _mm256_store_ps(m[r], _mm256_mul_ps(mw, dx));
+        const auto *scales = reinterpret_cast<const float *>(x.scales + r * x.stride) + b;
+        const __m256 dx = kFull ? _mm256_loadu_ps(scales) : _mm256_maskload_ps(scales, tail);
+        const __m256 dwx = _mm256_mul_ps(dw, dx);
+        _mm256_store_ps(d[r], dwx);
+        if constexpr (kHasXsumTerm<Block>) {
+            const uint8_t *sums = x.sums + r * x.stride + 2 * b;
+            __m128i s16 = _mm_setzero_si128();
+            if (kFull) {
+                s16 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(sums));
+            } else {
+                std::memcpy(&s16, sums, 2 * size_t(count));  // the row ends after the last sum
+            }
+            const __m256 xsum = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(s16));
+            __m256 coef = Block::has_min ? _mm256_mul_ps(mw, dx) : _mm256_setzero_ps();
+            if (Block::kBias != 0) coef = _mm256_fnmadd_ps(_mm256_set1_ps(float(Block::kBias)), dwx, coef);
+            acc_xsum[r] = _mm256_fmadd_ps(coef, xsum, acc_xsum[r]);
+        }
     }
     for (int k = 0; k < kGroup; k += kAcc) {
         ((kFull || k + J < count ? accumulate_rows<IntDot, Block, NX>(w + (k + J) * Block::size,
-                                                                      x + (k + J) * kQ8_0Size, x_stride,
-                                                                      &d[0][k + J], &m[0][k + J], acc[J])
+                                                                      x.qs + (b + k + J) * 32, x.stride,
+                                                                      &d[0][k + J], acc[J])
                                  : void()),
          ...);
     }
@@ -210,19 +245,21 @@ void vec_dot_blocks_nx(int64_t n, const uint8_t *w, const uint8_t *x, size_t x_s
     static_assert(kAcc == 2, "the final sum below takes two accumulators");
     constexpr auto slots = std::make_integer_sequence<int, kAcc>();
     const int64_t nb = n / 32;
+    const ActivationRows rows{x, x + q8_0x_scales_offset(n), x + q8_0x_sums_offset(n), x_stride};
     __m256 acc[kAcc][NX] = {};
+    __m256 acc_xsum[NX] = {};
     int64_t b = 0;
     for (; b + kGroup <= nb; b += kGroup) {
-        accumulate_group<IntDot, Block, NX, true>(w + b * Block::size, x + b * kQ8_0Size, x_stride, kGroup, acc,
-                                                  slots);
+        accumulate_group<IntDot, Block, NX, true>(w + b * Block::size, rows, b, kGroup, acc, acc_xsum, slots);
     }
     if (b < nb) {
-        accumulate_group<IntDot, Block, NX, false>(w + b * Block::size, x + b * kQ8_0Size, x_stride, int(nb - b),
-                                                   acc, slots);
+        accumulate_group<IntDot, Block, NX, false>(w + b * Block::size, rows, b, int(nb - b), acc, acc_xsum,
+                                                   slots);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < NX; ++r) {
-        out[r] = hsum_ps(_mm256_add_ps(acc[0][r], acc[1][r]));
+        const __m256 sum = _mm256_add_ps(acc[0][r], acc[1][r]);
+        out[r] = hsum_ps(kHasXsumTerm<Block> ? _mm256_add_ps(sum, acc_xsum[r]) : sum);
     }
 }
 

@@ -1,4 +1,5 @@
-// AVX2 (+FMA, F16C) activation quantizers: Q8_0 (for the 32-element weight types) and Q8_K (for the K-quants).
+// AVX2 (+FMA, F16C) activation quantizers: Q8_0X (for the 32-element weight types; Q8_0 weights share its
+// block code) and Q8_K (for the K-quants).
 // They run once per token per matmul input, on the decode path; the scalar references spend most of their time
 // in std::roundf / nearbyintf, which GCC does not vectorise (21 us for a row of 4096 in Q8_0). Each is
 // bit-identical to its reference in kernels/ref/quant_ref.cpp (same float operations on each element, same
@@ -47,26 +48,45 @@ inline __m256i pack_epi32_epi8(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
     return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+// One Q8_0 block: the 32 codes in element order and the fp16 scale.
+inline __m256i quantize_block_q8_0(const float *x, uint16_t &d_half) {
+    __m256 v[4];  // [4][8]: the block's 32 values
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
+    const float amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])),
+                                             _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3]))));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    d_half = uint16_t(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));  // = fp32_to_fp16 for every non-NaN d
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) {
+        const __m256 s = _mm256_mul_ps(v[k], vid);
+        // Codes are 0 where |v| >= 127.5, which only an overflowed 1/d produces (as in the reference).
+        const __m256 ok = _mm256_cmp_ps(abs_ps(s), _mm256_set1_ps(127.5f), _CMP_LT_OQ);
+        q[k] = _mm256_cvtps_epi32(_mm256_and_ps(ok, round_half_away(s)));  // integral: exact
+    }
+    return pack_epi32_epi8(q[0], q[1], q[2], q[3]);
+}
+
 void quantize_row_q8_0_avx2(const float *src, void *dst, int64_t n) {
     auto *y = static_cast<block_q8_0 *>(dst);
     for (int64_t b = 0; b < n / QK8_0; ++b) {
-        const float *x = src + b * QK8_0;
-        __m256 v[4];  // [4][8]: the block's 32 values
-        for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
-        const float amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])),
-                                                 _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3]))));
-        const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = uint16_t(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));  // = fp32_to_fp16 for every non-NaN d
-        const __m256 vid = _mm256_set1_ps(id);
-        __m256i q[4];
-        for (int k = 0; k < 4; ++k) {
-            const __m256 s = _mm256_mul_ps(v[k], vid);
-            // Codes are 0 where |v| >= 127.5, which only an overflowed 1/d produces (as in the reference).
-            const __m256 ok = _mm256_cmp_ps(abs_ps(s), _mm256_set1_ps(127.5f), _CMP_LT_OQ);
-            q[k] = _mm256_cvtps_epi32(_mm256_and_ps(ok, round_half_away(s)));  // integral: exact
-        }
-        _mm256_storeu_si256(reinterpret_cast<__m256i *>(y[b].qs), pack_epi32_epi8(q[0], q[1], q[2], q[3]));
+        const __m256i q = quantize_block_q8_0(src + b * QK8_0, y[b].d);
+        _mm256_storeu_si256(reinterpret_cast<__m256i *>(y[b].qs), q);
+    }
+}
+
+void quantize_row_q8_0x_avx2(const float *src, void *dst, int64_t n) {
+    auto *row = static_cast<uint8_t *>(dst);
+    for (int64_t b = 0; b < n / QK8_0X; ++b) {
+        uint16_t d_half;
+        const __m256i q = quantize_block_q8_0(src + b * QK8_0X, d_half);
+        _mm256_storeu_si256(reinterpret_cast<__m256i *>(row + b * QK8_0X), q);
+        const float d = _cvtsh_ss(d_half);
+        const auto sum = int16_t(hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
+                                                              _mm256_set1_epi16(1))));
+        std::memcpy(row + q8_0x_scales_offset(n) + sizeof(float) * b, &d, sizeof(float));
+        std::memcpy(row + q8_0x_sums_offset(n) + sizeof(int16_t) * b, &sum, sizeof(int16_t));
     }
 }
 
@@ -118,6 +138,7 @@ void quantize_row_q8_K_avx2(const float *src, void *dst, int64_t n) {
 void kernel_table_fill_avx2_quant(KernelTable &table) {
     table.quantize_row[DTYPE_Q8_0] = quantize_row_q8_0_avx2;
     table.quantize_row[DTYPE_Q8_K] = quantize_row_q8_K_avx2;
+    table.quantize_row[DTYPE_Q8_0X] = quantize_row_q8_0x_avx2;
 }
 
 }  // namespace flashmtp

@@ -1,11 +1,14 @@
-// AVX-512 activation quantizers: Q8_0 (for the 32-element weight types) and Q8_K (for the K-quants). They run
-// once per token per matmul input, so they sit on the decode path. Each is bit-identical to its scalar
-// reference in kernels/ref/quant_ref.cpp (same float operations on each element, same rounding), so scalar
-// and SIMD runs quantize activations identically. Inputs are assumed NaN-free, like the references'.
+// AVX-512 activation quantizers: Q8_0X (for the 32-element weight types; Q8_0 weights share its block code)
+// and Q8_K (for the K-quants). They run once per token per matmul input, so they sit on the decode path. Each
+// is bit-identical to its scalar reference in kernels/ref/quant_ref.cpp (same float operations on each
+// element, same rounding), so scalar and SIMD runs quantize activations identically. Inputs are assumed
+// NaN-free, like the references'.
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's AVX-512 headers fill unused lanes from self-initialised _mm512_undefined_*() values, which
-// -Wmaybe-uninitialized reports at every inlined intrinsic (a known false positive). Set before the include:
-// GCC looks the warning state up at the header's lines.
+// -Wmaybe-uninitialized (or -Wuninitialized, when inlined through a helper) reports at every inlined intrinsic
+// (a known false positive, GCC bug 105593). Set before the include: GCC looks the warning state up at the
+// header's lines.
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <immintrin.h>
@@ -28,23 +31,39 @@ inline __m512 round_half_away(__m512 v) {
     return _mm512_mask_add_ps(t, up, t, one);
 }
 
+// One Q8_0 block: the 32 codes in element order into qs, the fp16 scale returned; *sum = the codes' sum.
+inline uint16_t quantize_block_q8_0(const float *x, int8_t *qs, int *sum) {
+    const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512 v[2] = {_mm512_mul_ps(x0, vid), _mm512_mul_ps(x1, vid)};
+    __m512i q[2];
+    for (int h = 0; h < 2; ++h) {
+        // Codes are 0 where |v| >= 127.5, which only an overflowed 1/d produces (as in the reference).
+        const __mmask16 ok = _mm512_cmp_ps_mask(_mm512_abs_ps(v[h]), _mm512_set1_ps(127.5f), _CMP_LT_OQ);
+        q[h] = _mm512_maskz_cvtps_epi32(ok, round_half_away(v[h]));  // integral: exact
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + 16 * h), _mm512_cvtsepi32_epi8(q[h]));
+    }
+    if (sum) *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+    return uint16_t(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));  // = fp32_to_fp16 for every non-NaN d
+}
+
 void quantize_row_q8_0_avx512(const float *src, void *dst, int64_t n) {
     auto *y = static_cast<block_q8_0 *>(dst);
-    for (int64_t b = 0; b < n / QK8_0; ++b) {
-        const float *x = src + b * QK8_0;
-        const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-        const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = uint16_t(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));  // = fp32_to_fp16 for every non-NaN d
-        const __m512 vid = _mm512_set1_ps(id);
-        const __m512 v[2] = {_mm512_mul_ps(x0, vid), _mm512_mul_ps(x1, vid)};
-        for (int h = 0; h < 2; ++h) {
-            // Codes are 0 where |v| >= 127.5, which only an overflowed 1/d produces (as in the reference).
-            const __mmask16 ok = _mm512_cmp_ps_mask(_mm512_abs_ps(v[h]), _mm512_set1_ps(127.5f), _CMP_LT_OQ);
-            const __m512i q = _mm512_maskz_cvtps_epi32(ok, round_half_away(v[h]));  // integral: exact
-            _mm_storeu_si128(reinterpret_cast<__m128i *>(y[b].qs + 16 * h), _mm512_cvtsepi32_epi8(q));
-        }
+    for (int64_t b = 0; b < n / QK8_0; ++b) y[b].d = quantize_block_q8_0(src + b * QK8_0, y[b].qs, nullptr);
+}
+
+void quantize_row_q8_0x_avx512(const float *src, void *dst, int64_t n) {
+    auto *row = static_cast<uint8_t *>(dst);
+    for (int64_t b = 0; b < n / QK8_0X; ++b) {
+        int sum;
+        const float d = _cvtsh_ss(quantize_block_q8_0(src + b * QK8_0X, reinterpret_cast<int8_t *>(row) + b * QK8_0X,
+                                                      &sum));
+        const auto sum16 = int16_t(sum);
+        std::memcpy(row + q8_0x_scales_offset(n) + sizeof(float) * b, &d, sizeof(float));
+        std::memcpy(row + q8_0x_sums_offset(n) + sizeof(int16_t) * b, &sum16, sizeof(int16_t));
     }
 }
 
@@ -91,6 +110,7 @@ void quantize_row_q8_K_avx512(const float *src, void *dst, int64_t n) {
 void kernel_table_fill_avx512_quant(KernelTable &table) {
     table.quantize_row[DTYPE_Q8_0] = quantize_row_q8_0_avx512;
     table.quantize_row[DTYPE_Q8_K] = quantize_row_q8_K_avx512;
+    table.quantize_row[DTYPE_Q8_0X] = quantize_row_q8_0x_avx512;
 }
 
 }  // namespace flashmtp

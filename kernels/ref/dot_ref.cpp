@@ -1,5 +1,5 @@
 // Scalar reference dot products for the float types (F32/F16/BF16 weights against F32 activations) and the
-// 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4 weights against Q8_0 activations).
+// 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4 weights against Q8_0X activations).
 // These are the specification that every SIMD variant is tested against (tests/cpp/test_vec_dot.cpp).
 // Does not own: the K-quants (dot_kquants_ref.cpp), quantizers (quant_ref.cpp), threading (csrc/layers).
 //
@@ -11,9 +11,10 @@
 //                  Q4_1, Q5_1:        sum += (d_w * d_x) * float(isum) + (m_w * d_x) * float(xsum)
 //                  MXFP4:             sum += (s_w * d_x) * float(isum)
 //                                     with q_w the doubled E2M1 value and s_w = 2^(e-128)
-// Integer sums are exact (|isum| < 2^19), so a SIMD variant differs from this only in how it orders and fuses
-// the float additions. llama.cpp pairs Q4_1/Q5_1 with Q8_1 activations that carry a precomputed d_x * xsum;
-// we keep a single activation format (Q8_0) and sum q_x per block instead.
+// with d_x the activation block's scale (Q8_0's, widened from fp16). Integer sums are exact (|isum| < 2^19),
+// so a SIMD variant differs from this only in how it orders and fuses the float additions. llama.cpp pairs
+// Q4_1/Q5_1 with Q8_1 activations that carry a precomputed d_x * xsum; our single activation format (Q8_0X)
+// stores the exact integer xsum instead, which the reference recomputes from the quants.
 #include <cstring>
 
 #include "../kernel_fill.h"
@@ -51,7 +52,7 @@ float dot_half(int64_t n, const void *vw, const uint8_t *x) {
     return sum;
 }
 
-// ---- 32-element blocks against Q8_0 ----------------------------------------------------------------------------
+// ---- 32-element blocks against Q8_0X ----------------------------------------------------------------------------
 // Each decode_* writes the block's 32 integer weights q[j] (element order) and returns the block's scales;
 // the value of element j is d * q[j] + m.
 
@@ -131,22 +132,22 @@ BlockScales decode_mxfp4(const void *v, int q[32]) {
 }
 
 template <class Block, BlockScales (*decode)(const void *, int[32]), bool has_min>
-float dot_blocks_q8_0(int64_t n, const void *vw, const uint8_t *x) {
+float dot_blocks_q8_0x(int64_t n, const void *vw, const uint8_t *x) {
     const auto *w = static_cast<const uint8_t *>(vw);
+    const auto *xq = reinterpret_cast<const int8_t *>(x);  // [n] codes, then [n / 32] float scales
     float sum = 0.0f;
     for (int64_t b = 0; b < n / 32; ++b) {
         // Copies: rows need not be aligned to the blocks' 2-byte fields (MXFP4 blocks are 17 bytes).
         Block wb;
-        block_q8_0 xb;
         std::memcpy(&wb, w + b * sizeof(Block), sizeof(Block));
-        std::memcpy(&xb, x + b * sizeof(block_q8_0), sizeof(block_q8_0));
+        float dx;
+        std::memcpy(&dx, x + q8_0x_scales_offset(n) + sizeof(float) * b, sizeof(float));
         int q[32];
         const BlockScales s = decode(&wb, q);
-        const float dx = fp16_to_fp32(xb.d);
         int isum = 0, xsum = 0;
         for (int j = 0; j < 32; ++j) {
-            isum += q[j] * xb.qs[j];
-            xsum += xb.qs[j];
+            isum += q[j] * xq[b * 32 + j];
+            xsum += xq[b * 32 + j];
         }
         if (has_min) {
             sum += (s.d * dx) * float(isum) + (s.m * dx) * float(xsum);
@@ -169,12 +170,12 @@ void kernel_table_fill_dot_ref(KernelTable &table) {
     table.vec_dot[DTYPE_F32] = vec_dot_rows<dot_f32>;
     table.vec_dot[DTYPE_F16] = vec_dot_rows<dot_half<fp16_to_fp32>>;
     table.vec_dot[DTYPE_BF16] = vec_dot_rows<dot_half<bf16_to_fp32>>;
-    table.vec_dot[DTYPE_Q4_0] = vec_dot_rows<dot_blocks_q8_0<block_q4_0, decode_q4_0, false>>;
-    table.vec_dot[DTYPE_Q4_1] = vec_dot_rows<dot_blocks_q8_0<block_q4_1, decode_q4_1, true>>;
-    table.vec_dot[DTYPE_Q5_0] = vec_dot_rows<dot_blocks_q8_0<block_q5_0, decode_q5_0, false>>;
-    table.vec_dot[DTYPE_Q5_1] = vec_dot_rows<dot_blocks_q8_0<block_q5_1, decode_q5_1, true>>;
-    table.vec_dot[DTYPE_Q8_0] = vec_dot_rows<dot_blocks_q8_0<block_q8_0, decode_q8_0, false>>;
-    table.vec_dot[DTYPE_MXFP4] = vec_dot_rows<dot_blocks_q8_0<block_mxfp4, decode_mxfp4, false>>;
+    table.vec_dot[DTYPE_Q4_0] = vec_dot_rows<dot_blocks_q8_0x<block_q4_0, decode_q4_0, false>>;
+    table.vec_dot[DTYPE_Q4_1] = vec_dot_rows<dot_blocks_q8_0x<block_q4_1, decode_q4_1, true>>;
+    table.vec_dot[DTYPE_Q5_0] = vec_dot_rows<dot_blocks_q8_0x<block_q5_0, decode_q5_0, false>>;
+    table.vec_dot[DTYPE_Q5_1] = vec_dot_rows<dot_blocks_q8_0x<block_q5_1, decode_q5_1, true>>;
+    table.vec_dot[DTYPE_Q8_0] = vec_dot_rows<dot_blocks_q8_0x<block_q8_0, decode_q8_0, false>>;
+    table.vec_dot[DTYPE_MXFP4] = vec_dot_rows<dot_blocks_q8_0x<block_mxfp4, decode_mxfp4, false>>;
 }
 
 }  // namespace flashmtp

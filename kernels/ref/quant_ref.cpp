@@ -1,5 +1,5 @@
 // Scalar reference quantizers and dequantizers for the plain, legacy (32-element) and MXFP4 formats, and the
-// Q8_K activation format; the K-quant weight formats live in quant_kquants_ref.cpp. These are the
+// Q8_0X and Q8_K activation formats; the K-quant weight formats live in quant_kquants_ref.cpp. These are the
 // specification every SIMD variant is checked against.
 // Rounding follows the `gguf` package's numpy code bit for bit wherever it defines a result (it quantizes
 // F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and MXFP4 and dequantizes every format here but Q8_K), which is
@@ -241,24 +241,30 @@ void dequantize_row_q5_1(const void *src, float *dst, int64_t n) {
     }
 }
 
-// ---- Q8_0 (weights and the activation format of the 32-element types) ---------------------------------------
+// ---- Q8_0 (weights) and Q8_0X (the activation format of the 32-element types) ----------------------------------
+
+namespace {
+
+// One Q8_0 block: writes the 32 codes, returns the fp16 scale.
+uint16_t quantize_block_q8_0(const float *x, int8_t qs[QK8_0]) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QK8_0; ++j) {
+        // Half away from zero. |v| <= 127 (+ rounding) for a finite 1/d; when 1/d overflowed (see
+        // trunc_clip) v is inf or NaN and the code is 0, as numpy's cast gives.
+        const float v = x[j] * id;
+        qs[j] = std::fabs(v) < 127.5f ? int8_t(std::roundf(v)) : int8_t(0);
+    }
+    return fp32_to_fp16(d);
+}
+
+}  // namespace
 
 void quantize_row_q8_0(const float *src, void *dst, int64_t n) {
     auto *y = static_cast<block_q8_0 *>(dst);
-    for (int64_t b = 0; b < n / QK8_0; ++b) {
-        const float *x = src + b * QK8_0;
-        float amax = 0.0f;
-        for (int j = 0; j < QK8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));
-        const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = fp32_to_fp16(d);
-        for (int j = 0; j < QK8_0; ++j) {
-            // Half away from zero. |v| <= 127 (+ rounding) for a finite 1/d; when 1/d overflowed (see
-            // trunc_clip) v is inf or NaN and the code is 0, as numpy's cast gives.
-            const float v = x[j] * id;
-            y[b].qs[j] = std::fabs(v) < 127.5f ? int8_t(std::roundf(v)) : int8_t(0);
-        }
-    }
+    for (int64_t b = 0; b < n / QK8_0; ++b) y[b].d = quantize_block_q8_0(src + b * QK8_0, y[b].qs);
 }
 
 void dequantize_row_q8_0(const void *src, float *dst, int64_t n) {
@@ -266,6 +272,30 @@ void dequantize_row_q8_0(const void *src, float *dst, int64_t n) {
     for (int64_t b = 0; b < n / QK8_0; ++b) {
         const float d = fp16_to_fp32(x[b].d);
         for (int j = 0; j < QK8_0; ++j) dst[b * QK8_0 + j] = d * float(x[b].qs[j]);
+    }
+}
+
+// Q8_0's codes and scale (widened from fp16), laid out as kernels.h describes, plus each block's code sum.
+void quantize_row_q8_0x(const float *src, void *dst, int64_t n) {
+    auto *row = static_cast<uint8_t *>(dst);
+    auto *qs = reinterpret_cast<int8_t *>(row);
+    for (int64_t b = 0; b < n / QK8_0X; ++b) {
+        int8_t *q = qs + b * QK8_0X;
+        const float d = fp16_to_fp32(quantize_block_q8_0(src + b * QK8_0X, q));
+        int sum = 0;
+        for (int j = 0; j < QK8_0X; ++j) sum += q[j];
+        const auto sum16 = int16_t(sum);  // |sum| <= 32 * 127
+        std::memcpy(row + q8_0x_scales_offset(n) + sizeof(float) * b, &d, sizeof(float));
+        std::memcpy(row + q8_0x_sums_offset(n) + sizeof(int16_t) * b, &sum16, sizeof(int16_t));
+    }
+}
+
+void dequantize_row_q8_0x(const void *src, float *dst, int64_t n) {
+    const auto *row = static_cast<const uint8_t *>(src);
+    for (int64_t b = 0; b < n / QK8_0X; ++b) {
+        float d;
+        std::memcpy(&d, row + q8_0x_scales_offset(n) + sizeof(float) * b, sizeof(float));
+        for (int j = 0; j < QK8_0X; ++j) dst[b * QK8_0X + j] = d * float(int8_t(row[b * QK8_0X + j]));
     }
 }
 
@@ -373,6 +403,7 @@ void kernel_table_fill_quant_ref(KernelTable &table) {
         {DTYPE_Q5_K, quantize_row_q5_K, dequantize_row_q5_K},
         {DTYPE_Q6_K, quantize_row_q6_K, dequantize_row_q6_K},
         {DTYPE_Q8_K, quantize_row_q8_K, dequantize_row_q8_K},
+        {DTYPE_Q8_0X, quantize_row_q8_0x, dequantize_row_q8_0x},
     };
     for (const Entry &e : entries) {
         table.quantize_row[e.type] = e.quantize;

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -114,10 +115,12 @@ int main(int argc, char **argv) {
         for (int64_t r = distinct; r < rows; ++r) {
             std::memcpy(&w[r * row_bytes], &w[(r % distinct) * row_bytes], row_bytes);
         }
-        const size_t x_stride = dtype_row_size(*dtype_traits(tr.vec_dot_type), opt.n);
-        std::vector<uint8_t> x(x_stride * VEC_DOT_MAX_X);                        // [VEC_DOT_MAX_X, x_stride]
-        for (int i = 0; i < VEC_DOT_MAX_X; ++i) {
-            test::random_activation_row(DType(t), opt.n, rng, &x[i * x_stride]);
+        // Activation rows 64-byte aligned, as the matmul lays them out.
+        const size_t x_stride = (dtype_row_size(*dtype_traits(tr.vec_dot_type), opt.n) + 63) / 64 * 64;
+        std::vector<uint8_t> x_storage(x_stride * VEC_DOT_MAX_X + 64);
+        uint8_t *x = x_storage.data() + (64 - reinterpret_cast<uintptr_t>(x_storage.data()) % 64) % 64;
+        for (int i = 0; i < VEC_DOT_MAX_X; ++i) {                               // [VEC_DOT_MAX_X, x_stride]
+            test::random_activation_row(DType(t), opt.n, rng, x + i * x_stride);
         }
         std::vector<float> out(size_t(rows) * VEC_DOT_MAX_X);                    // [rows, n_x]
         const double gb = double(w.size()) * 1e-9;
@@ -132,7 +135,7 @@ int main(int argc, char **argv) {
             for (int k = 0; k < kBatches; ++k) {
                 auto work = [&](int64_t begin, int64_t end) {
                     for (int64_t r = begin; r < end; ++r) {
-                        dot(opt.n, &w[r * row_bytes], x.data(), x_stride, n_xs[k], &out[r * n_xs[k]]);
+                        dot(opt.n, &w[r * row_bytes], x, x_stride, n_xs[k], &out[r * n_xs[k]]);
                     }
                 };
                 sec[k] = time_passes(work, rows, opt.threads, isa == ISA_SCALAR ? 1 : opt.passes);

@@ -15,12 +15,13 @@ int main() {
         {DTYPE_F32, 1, 4}, {DTYPE_F16, 1, 2}, {DTYPE_BF16, 1, 2}, {DTYPE_Q4_0, 32, 18}, {DTYPE_Q4_1, 32, 20},
         {DTYPE_Q5_0, 32, 22}, {DTYPE_Q5_1, 32, 24}, {DTYPE_Q8_0, 32, 34}, {DTYPE_Q2_K, 256, 84},
         {DTYPE_Q3_K, 256, 110}, {DTYPE_Q4_K, 256, 144}, {DTYPE_Q5_K, 256, 176}, {DTYPE_Q6_K, 256, 210},
-        {DTYPE_Q8_K, 256, 292}, {DTYPE_MXFP4, 32, 17}, {DTYPE_I32, 1, 4},
+        {DTYPE_Q8_K, 256, 292}, {DTYPE_MXFP4, 32, 17}, {DTYPE_I32, 1, 4}, {DTYPE_Q8_0X, 32, 38},
     };
     for (const Expect &e : expect) {
         const DTypeTraits *t = dtype_traits(e.t);
         CHECK(t != nullptr);
         if (t) CHECK_MSG(t->block_size == e.block && t->type_size == e.size, "type %u", unsigned(e.t));
+        if (t) CHECK_MSG(t->is_internal == (e.t == DTYPE_Q8_0X), "type %u", unsigned(e.t));
     }
     CHECK(dtype_traits(4) == nullptr);    // removed Q4_2
     CHECK(dtype_traits(16) == nullptr);   // IQ types: not read

@@ -240,6 +240,8 @@ void test_malformed() {
 
     CHECK_THROWS(GGUFError, parse(one_tensor({4}, 4, 0, 64)), "tensor 'w': unknown or unsupported tensor type id 4");
     CHECK_THROWS(GGUFError, parse(one_tensor({4}, 1000, 0, 64)), "unknown or unsupported tensor type id 1000");
+    // Internal activation formats have traits but are never valid in a file.
+    CHECK_THROWS(GGUFError, parse(one_tensor({32}, DTYPE_Q8_0X, 0, 64)), "unknown or unsupported tensor type id 64");
     CHECK_THROWS(GGUFError, parse(one_tensor({}, DTYPE_F32, 0, 64)), "tensor 'w': 0 dimensions; expected 1 to 4");
     CHECK_THROWS(GGUFError, parse(one_tensor({1, 1, 1, 1, 1}, DTYPE_F32, 0, 64)), "5 dimensions; expected 1 to 4");
     CHECK_THROWS(GGUFError, parse(one_tensor({4, 0}, DTYPE_F32, 0, 64)), "dimension 1 is 0; expected at least 1");

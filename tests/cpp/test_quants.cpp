@@ -3,7 +3,8 @@
 // below 0.002 for Q4_0..Q8_0, MXFP4, Q4_K..Q6_K and Q8_K, 0.004 for Q3_K, 0.0075 for Q2_K (llama.cpp's
 // 0.003 FP4 bound is for NVFP4; MXFP4 gets the general 0.002).
 // Also: all-zero rows decode to zeros, quantizing is deterministic, and every ISA's quantizer gives the
-// scalar reference's bytes (the bit-exact comparison with the gguf package is in tests/python).
+// scalar reference's bytes (the bit-exact comparison with the gguf package is in tests/python). The Q8_0X
+// activation format holds Q8_0's codes and (widened) scales plus exact code sums.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -11,6 +12,7 @@
 
 #include "check.h"
 #include "kernels.h"
+#include "quant_blocks.h"
 
 using namespace flashmtp;
 
@@ -50,6 +52,7 @@ int main() {
         {DTYPE_Q4_0, 0.002f}, {DTYPE_Q4_1, 0.002f}, {DTYPE_Q5_0, 0.002f}, {DTYPE_Q5_1, 0.002f},
         {DTYPE_Q8_0, 0.002f}, {DTYPE_MXFP4, 0.002f}, {DTYPE_Q2_K, 0.0075f}, {DTYPE_Q3_K, 0.004f},
         {DTYPE_Q4_K, 0.002f}, {DTYPE_Q5_K, 0.002f}, {DTYPE_Q6_K, 0.002f}, {DTYPE_Q8_K, 0.002f},
+        {DTYPE_Q8_0X, 0.002f},
     };
     const KernelTable &scalar = *kernels_for(ISA_SCALAR);
     const std::vector<float> x = synthetic_data(0.0f);
@@ -80,6 +83,25 @@ int main() {
             k->quantize_row[c.type](x.data(), got.data(), kN);
             CHECK_MSG(got == ref, "%s: %s quantizer differs from scalar", name, isa_name(Isa(isa)));
         }
+    }
+
+    // Q8_0X = Q8_0 rearranged: same codes, the fp16 scale as a float, and each block's code sum.
+    std::vector<uint8_t> q8_0(dtype_row_size(*dtype_traits(DTYPE_Q8_0), kN));
+    std::vector<uint8_t> q8_0x(dtype_row_size(*dtype_traits(DTYPE_Q8_0X), kN));
+    scalar.quantize_row[DTYPE_Q8_0](x.data(), q8_0.data(), kN);
+    scalar.quantize_row[DTYPE_Q8_0X](x.data(), q8_0x.data(), kN);
+    for (int64_t b = 0; b < kN / QK8_0; ++b) {
+        block_q8_0 blk;
+        std::memcpy(&blk, q8_0.data() + b * sizeof(blk), sizeof(blk));
+        float d;
+        int16_t sum;
+        std::memcpy(&d, q8_0x.data() + q8_0x_scales_offset(kN) + sizeof(float) * b, sizeof(d));
+        std::memcpy(&sum, q8_0x.data() + q8_0x_sums_offset(kN) + sizeof(int16_t) * b, sizeof(sum));
+        int expect_sum = 0;
+        for (int j = 0; j < QK8_0; ++j) expect_sum += blk.qs[j];
+        CHECK_MSG(std::memcmp(blk.qs, q8_0x.data() + b * QK8_0X, QK8_0) == 0, "q8_0x block %lld: codes", (long long)b);
+        CHECK_MSG(d == fp16_to_fp32(blk.d), "q8_0x block %lld: scale %g", (long long)b, double(d));
+        CHECK_MSG(sum == expect_sum, "q8_0x block %lld: sum %d, codes sum to %d", (long long)b, sum, expect_sum);
     }
     return test::exit_code("test_quants");
 }

@@ -63,22 +63,27 @@ Rows make_rows(DType t, int64_t n, std::mt19937_64 &rng) {
     return r;
 }
 
-// Activation block xb with every element but j zeroed (the activation formats are F32, Q8_0 and Q8_K).
-void one_hot_block(DType xt, const uint8_t *xb, int j, uint8_t *dst) {
-    const size_t size = dtype_traits(xt)->type_size;
+// Block b of an activation row x of n elements, as a one-block row with every element but j zeroed (the
+// activation formats are F32, Q8_0X and Q8_K).
+void one_hot_block(DType xt, const uint8_t *x, int64_t n, int64_t b, int j, uint8_t *dst) {
+    const DTypeTraits &tr = *dtype_traits(xt);
+    const uint8_t *xb = x + dtype_row_size(tr, b * tr.block_size);
     if (xt == DTYPE_F32) {
-        std::memcpy(dst, xb, size);
-    } else if (xt == DTYPE_Q8_0) {
-        block_q8_0 b;
-        std::memcpy(&b, xb, size);
-        for (int k = 0; k < QK8_0; ++k) b.qs[k] = k == j ? b.qs[k] : 0;
-        std::memcpy(dst, &b, size);
+        std::memcpy(dst, xb, tr.type_size);
+    } else if (xt == DTYPE_Q8_0X) {
+        // A row of one block: 32 codes, the scale, the code sum.
+        const auto q = int8_t(x[b * QK8_0X + j]);
+        const auto sum = int16_t(q);
+        std::memset(dst, 0, QK8_0X);
+        dst[j] = uint8_t(q);
+        std::memcpy(dst + q8_0x_scales_offset(QK8_0X), x + q8_0x_scales_offset(n) + sizeof(float) * b, sizeof(float));
+        std::memcpy(dst + q8_0x_sums_offset(QK8_0X), &sum, sizeof(sum));
     } else {
-        block_q8_K b;
-        std::memcpy(&b, xb, size);
-        for (int k = 0; k < QK_K; ++k) b.qs[k] = k == j ? b.qs[k] : 0;
-        for (int g = 0; g < QK_K / 16; ++g) b.bsums[g] = g == j / 16 ? b.qs[j] : 0;
-        std::memcpy(dst, &b, size);
+        block_q8_K blk;
+        std::memcpy(&blk, xb, tr.type_size);
+        for (int k = 0; k < QK_K; ++k) blk.qs[k] = k == j ? blk.qs[k] : 0;
+        for (int g = 0; g < QK_K / 16; ++g) blk.bsums[g] = g == j / 16 ? blk.qs[j] : 0;
+        std::memcpy(dst, &blk, tr.type_size);
     }
 }
 
@@ -92,9 +97,8 @@ double product_mass(DType t, const Rows &r, int row) {
     double mass = 0.0;
     for (int64_t b = 0; b < r.n / tr.block_size; ++b) {
         const uint8_t *wb = r.w + b * tr.type_size;
-        const uint8_t *xb = r.x + row * r.x_stride + dtype_row_size(xt, b * tr.block_size);
         for (int j = 0; j < tr.block_size; ++j) {
-            one_hot_block(tr.vec_dot_type, xb, j, one_hot.data());
+            one_hot_block(tr.vec_dot_type, r.x + row * r.x_stride, r.n, b, j, one_hot.data());
             float product;
             ref(tr.block_size, wb, one_hot.data(), 0, 1, &product);
             mass += std::fabs(double(product));

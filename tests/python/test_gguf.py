@@ -346,6 +346,10 @@ MALFORMED = {
         with_data(header(1, 0) + tensor_info("w", [4], 16, 0), 64),
         "tensor 'w': unknown or unsupported tensor type id 16",
     ),
+    "internal type id": (  # Q8_0X, our activation format: has traits, never valid in a file
+        with_data(header(1, 0) + tensor_info("w", [32], 64, 0), 64),
+        "tensor 'w': unknown or unsupported tensor type id 64",
+    ),
     "n_dims > 4": (with_data(header(1, 0) + tensor_info("w", [1] * 5, Q.F32, 0), 64), "5 dimensions"),
     "zero dim": (with_data(header(1, 0) + tensor_info("w", [4, 0], Q.F32, 0), 64), "dimension 1 is 0"),
     "negative dim": (with_data(header(1, 0) + tensor_info("w", [-4], Q.F32, 0), 64), "dimension 0 is -4"),

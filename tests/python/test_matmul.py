@@ -1,10 +1,11 @@
 """_core.matmul, _core.ThreadPool and _core.read_bandwidth.
 
 Oracle: float64 numpy products of the weights as the `gguf` package dequantizes them and the activations as
-the kernels see them (quantized to the weight type's activation format, then dequantized: gguf for Q8_0, a
-numpy restatement of the block layout for Q8_K). Tolerance |error| <= 1e-4 * sum_j |w_j x_j|: kernels sum
-in float32 (rounding ~6e-8 per step, a few hundred blocks), so this leaves a wide margin and still catches a
-wrong block, scale or sign. Batch invariance is checked bitwise, as DESIGN.md requires.
+the kernels see them (quantized to the weight type's activation format, then dequantized: gguf for Q8_0X,
+which holds our Q8_0 blocks' codes and scales, a numpy restatement of the block layout for Q8_K). Tolerance
+|error| <= 1e-4 * sum_j |w_j x_j|: kernels sum in float32 (rounding ~6e-8 per step, a few hundred blocks), so
+this leaves a wide margin and still catches a wrong block, scale or sign. Batch invariance is checked bitwise,
+as DESIGN.md requires.
 
 Every (weight type, ISA) pair is a test case; pairs whose kernels this build lacks are skipped, with the
 reason.
@@ -22,6 +23,7 @@ WEIGHT_TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.
                 T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 ISAS = ["scalar", "avx2", "avx512"]
 Q8_K = 15
+Q8_0X = 64  # internal activation format of the 32-element types (kernels/kernels.h)
 CASES = [pytest.param(t, isa, id=f"{t.name.lower()}-{isa}") for t in WEIGHT_TYPES for isa in ISAS]
 
 
@@ -61,10 +63,12 @@ def activations_as_seen(t: T, x: np.ndarray) -> np.ndarray:
     act = _core.dtype_info(int(t))["vec_dot_type"]
     if act == int(T.F32):
         return x.astype(np.float64)
+    if act == Q8_0X:
+        raw = np.stack([_core.quantize(int(T.Q8_0), row, isa="scalar") for row in x])
+        return np.asarray(quants.dequantize(raw, T.Q8_0), dtype=np.float64).reshape(x.shape)
+    assert act == Q8_K
     raw = np.stack([_core.quantize(act, row, isa="scalar") for row in x])
-    if act == Q8_K:
-        return dequantize_q8_K(raw, x.shape[1])
-    return np.asarray(quants.dequantize(raw, T(act)), dtype=np.float64).reshape(x.shape)
+    return dequantize_q8_K(raw, x.shape[1])
 
 
 @pytest.mark.parametrize(("t", "isa"), CASES)

@@ -248,6 +248,28 @@ def test_activation_quantizers_identical_on_every_isa(t: T) -> None:
             assert np.array_equal(_core.quantize(int(t), x, isa=isa), ref), isa
 
 
+Q8_0X = 64  # internal activation format (kernels/kernels.h): Q8_0 rearranged, plus code sums
+
+
+def q8_0x_from_q8_0(raw: np.ndarray) -> np.ndarray:
+    """Q8_0 blocks -> the Q8_0X row of the same values: int8 codes | float32 scales | int16 code sums."""
+    blocks = raw.reshape(-1, 34)
+    qs = blocks[:, 2:].copy().view(np.int8)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(-1)
+    sums = qs.sum(axis=1, dtype=np.int16)
+    return np.concatenate([qs.view(np.uint8).reshape(-1), d.view(np.uint8), sums.view(np.uint8)])
+
+
+def test_q8_0x_is_q8_0_rearranged() -> None:
+    """Oracle: gguf's Q8_0 blocks, rearranged; every ISA's Q8_0X quantizer must write exactly that."""
+    x = activation_rows(T.Q8_0)
+    with np.errstate(all="ignore"):
+        want = q8_0x_from_q8_0(oracle_quantize(x, T.Q8_0))
+        for isa in ("scalar", "avx2", "avx512"):
+            if _core.isa_available(isa):
+                assert np.array_equal(_core.quantize(Q8_0X, x, isa=isa), want), isa
+
+
 @settings(max_examples=100, deadline=None)
 @given(t=st.sampled_from([T.Q8_0, T.Q8_K]), data=st.data())
 def test_activation_quantizers_identical_on_every_isa_hypothesis(t: T, data: st.DataObject) -> None:
@@ -259,6 +281,10 @@ def test_activation_quantizers_identical_on_every_isa_hypothesis(t: T, data: st.
     for isa in ("avx2", "avx512"):
         if _core.isa_available(isa):
             assert np.array_equal(_core.quantize(int(t), x, isa=isa), ref), isa
+    if t == T.Q8_0:
+        for isa in ("scalar", "avx2", "avx512"):
+            if _core.isa_available(isa):
+                assert np.array_equal(_core.quantize(Q8_0X, x, isa=isa), q8_0x_from_q8_0(ref)), isa
 
 
 # ---- quantization error: llama.cpp's thresholds ------------------------------------------------------------

@@ -1,7 +1,8 @@
 """vec_dot of every weight type and ISA against the gguf package (the value oracle) and numpy in float64.
 
 Weights are random quants with sane scales, encoded by gguf's own quantizer where it has one; activations are
-quantized by our Q8_0 quantizer (bit-exact to gguf's, tested elsewhere) and dequantized by gguf. The kernels
+quantized to our Q8_0X rows, whose values are those of our Q8_0 blocks (bit-exact to gguf's, tested elsewhere)
+as gguf dequantizes them. The kernels
 sum exact integer products and differ from the float64 dot only by float rounding: the bound is
 (blocks + 4) * 2^-24 * sum|w_i x_i|, doubled for the types with a min (see tests/cpp/test_vec_dot.cpp).
 This is where MXFP4's value semantics (E2M1 table, E8M0 scale 2^(e-127)) are pinned to the ecosystem's.
@@ -16,6 +17,8 @@ from gguf import quants
 
 core = pytest.importorskip("flashmtp._core")
 
+Q8_0X = 64  # internal activation format (kernels/kernels.h): Q8_0's codes and scales, rearranged
+
 WEIGHT_TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.MXFP4]
 ISAS = [isa for isa in ("scalar", "avx2", "avx512") if core.isa_available(isa)]
 
@@ -27,7 +30,12 @@ def activation_rows(qtype: Q, n: int, n_x: int, rng: np.random.Generator) -> tup
     raw = np.stack([core.quantize(vec_dot_type, row) for row in floats])
     if vec_dot_type == int(Q.F32):
         return raw, floats.astype(np.float64)
-    return raw, quants.dequantize(raw, Q(vec_dot_type)).astype(np.float64).reshape(n_x, n)
+    assert vec_dot_type == Q8_0X
+    q8_0 = np.stack([core.quantize(int(Q.Q8_0), row) for row in floats])
+    values = quants.dequantize(q8_0, Q.Q8_0).reshape(n_x, n)
+    ours = np.stack([core.dequantize(Q8_0X, row, n) for row in raw])
+    assert ours.tobytes() == values.astype(np.float32).tobytes()
+    return raw, values.astype(np.float64)
 
 
 def weight_row(qtype: Q, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
