@@ -162,13 +162,16 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
 
     inputs = {n: rng.standard_normal((n, N_COLS), dtype=np.float32) for n in BATCH_SIZES}
     timed = [s for s in subjects if s.matrices]
-    for s in timed:  # warm-up round, not kept: page faults, scratch growth, thread wake-up
-        s.measure_round(_core, pool, inputs)
-        s.read_seconds.clear()
-        s.seconds.clear()
-    for _ in tqdm(range(args.repeats), desc="rounds", leave=False):
+    for _ in range(2):  # warm-up rounds, not kept: page faults, scratch growth, clocks, thread wake-up
         for s in timed:
             s.measure_round(_core, pool, inputs)
+    for s in timed:
+        s.read_seconds.clear()
+        s.seconds.clear()
+    # Each round starts one subject later, so no type always runs first (the first ones measured slower).
+    for r in tqdm(range(args.repeats), desc="rounds", leave=False):
+        for i in range(len(timed)):
+            timed[(r + i) % len(timed)].measure_round(_core, pool, inputs)
     probe_after = _core.read_bandwidth(probe_bytes, pool, 5)
 
     results = [s.result() for s in subjects]
