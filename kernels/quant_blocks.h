@@ -52,6 +52,17 @@ static_assert(sizeof(block_q5_K) == 176, "q5_K layout");
 static_assert(sizeof(block_q6_K) == 210, "q6_K layout");
 static_assert(sizeof(block_q8_K) == 292, "q8_K layout");
 
+// Activation quantizers store these scales for a block holding a NaN (codes 0): every ISA writes the same bytes,
+// and numpy (gguf's Q8_0) gives the same for such a block.
+constexpr uint16_t FP16_QUIET_NAN = 0x7e00;
+constexpr uint32_t FP32_QUIET_NAN_BITS = 0x7fc00000u;
+
+inline float fp32_quiet_nan() {
+    float f;
+    std::memcpy(&f, &FP32_QUIET_NAN_BITS, 4);
+    return f;
+}
+
 // IEEE half -> float, exact for every input (subnormals, inf, nan).
 inline float fp16_to_fp32(uint16_t h) {
     const uint32_t sign = uint32_t(h & 0x8000) << 16;

@@ -52,6 +52,12 @@ inline __m256i pack_epi32_epi8(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
 inline __m256i quantize_block_q8_0(const float *x, uint16_t &d_half) {
     __m256 v[4];  // [4][8]: the block's 32 values
     for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
+    __m256 nan = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) nan = _mm256_or_ps(nan, _mm256_cmp_ps(v[k], v[k], _CMP_UNORD_Q));
+    if (_mm256_movemask_ps(nan)) {  // a NaN activation: NaN scale, zero codes, as the reference
+        d_half = FP16_QUIET_NAN;
+        return _mm256_setzero_si256();
+    }
     const float amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])),
                                              _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3]))));
     const float d = amax / 127.0f;
@@ -95,8 +101,17 @@ void quantize_row_q8_K_avx2(const float *src, void *dst, int64_t n) {
     constexpr int kVecs = QK_K / 8;
     for (int64_t b = 0; b < n / QK_K; ++b) {
         const float *x = src + b * QK_K;
-        __m256 vmax = _mm256_setzero_ps();
-        for (int k = 0; k < kVecs; ++k) vmax = _mm256_max_ps(vmax, abs_ps(_mm256_loadu_ps(x + 8 * k)));
+        __m256 vmax = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+        for (int k = 0; k < kVecs; ++k) {
+            const __m256 xv = _mm256_loadu_ps(x + 8 * k);
+            vmax = _mm256_max_ps(vmax, abs_ps(xv));
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(xv, xv, _CMP_UNORD_Q));
+        }
+        if (_mm256_movemask_ps(nan)) {  // a NaN activation: NaN scale, zero codes and sums, as the reference
+            std::memset(&y[b], 0, sizeof(block_q8_K));
+            y[b].d = fp32_quiet_nan();
+            continue;
+        }
         const __m256 amax = _mm256_set1_ps(hmax_ps(vmax));
         // The reference scales by the first element of largest magnitude, with its sign.
         float max = 0.0f;

@@ -34,6 +34,11 @@ inline __m512 round_half_away(__m512 v) {
 // One Q8_0 block: the 32 codes in element order into qs, the fp16 scale returned; *sum = the codes' sum.
 inline uint16_t quantize_block_q8_0(const float *x, int8_t *qs, int *sum) {
     const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+    if (_mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(x1, x1, _CMP_UNORD_Q)) {
+        std::memset(qs, 0, QK8_0);  // a NaN activation: NaN scale, zero codes, as the reference
+        if (sum) *sum = 0;
+        return FP16_QUIET_NAN;
+    }
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
@@ -73,7 +78,17 @@ void quantize_row_q8_K_avx512(const float *src, void *dst, int64_t n) {
     for (int64_t b = 0; b < n / QK_K; ++b) {
         const float *x = src + b * QK_K;
         __m512 vmax = _mm512_setzero_ps();
-        for (int k = 0; k < kVecs; ++k) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + 16 * k)));
+        __mmask16 nan = 0;
+        for (int k = 0; k < kVecs; ++k) {
+            const __m512 xv = _mm512_loadu_ps(x + 16 * k);
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(xv));
+            nan |= _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q);
+        }
+        if (nan) {  // a NaN activation: NaN scale, zero codes and sums, as the reference
+            std::memset(&y[b], 0, sizeof(block_q8_K));
+            y[b].d = fp32_quiet_nan();
+            continue;
+        }
         const float amax = _mm512_reduce_max_ps(vmax);
         // The reference scales by the first element of largest magnitude, with its sign.
         float max = 0.0f;

@@ -247,6 +247,12 @@ namespace {
 
 // One Q8_0 block: writes the 32 codes, returns the fp16 scale.
 uint16_t quantize_block_q8_0(const float *x, int8_t qs[QK8_0]) {
+    for (int j = 0; j < QK8_0; ++j) {
+        if (std::isnan(x[j])) {  // a NaN activation: NaN scale, zero codes (quant_blocks.h)
+            std::memset(qs, 0, QK8_0);
+            return FP16_QUIET_NAN;
+        }
+    }
     float amax = 0.0f;
     for (int j = 0; j < QK8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));
     const float d = amax / 127.0f;
@@ -353,6 +359,13 @@ void quantize_row_q8_K(const float *src, void *dst, int64_t n) {
     auto *y = static_cast<block_q8_K *>(dst);
     for (int64_t b = 0; b < n / QK_K; ++b) {
         const float *x = src + b * QK_K;
+        bool has_nan = false;
+        for (int j = 0; j < QK_K; ++j) has_nan |= std::isnan(x[j]);
+        if (has_nan) {  // a NaN activation: NaN scale, zero codes and sums (quant_blocks.h)
+            std::memset(&y[b], 0, sizeof(block_q8_K));
+            y[b].d = fp32_quiet_nan();
+            continue;
+        }
         const float max = signed_absmax(x, QK_K);
         if (max == 0.0f) {
             std::memset(&y[b], 0, sizeof(block_q8_K));

@@ -421,3 +421,25 @@ def test_dequantize_any_address(qtype: T) -> None:
     strided = np.zeros(2 * raw.size, np.uint8)
     strided[::2] = raw
     assert np.array_equal(_core.dequantize(int(qtype), strided[::2], 512), expected)
+
+
+@pytest.mark.parametrize("type_id", [int(T.Q8_0), int(T.Q8_K), 64], ids=["q8_0", "q8_K", "q8_0x"])
+def test_activation_nan_policy(type_id: int) -> None:
+    """Oracle: the rule in quant_blocks.h, which is numpy's (gguf) result for Q8_0. A block holding a NaN gets a
+    NaN scale and zero codes on every ISA, so the NaN reaches the outputs that depend on it instead of vanishing;
+    other blocks are untouched. Every ISA writes the same bytes."""
+    block = _core.dtype_info(type_id)["block_size"]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(4 * block).astype(np.float32)
+    clean = _core.quantize(type_id, x, isa="scalar")
+    for position in (0, 5, block - 1):
+        y = x.copy()
+        y[block + position] = np.nan
+        isas = [isa for isa in ("scalar", "avx2", "avx512") if _core.isa_available(isa)]
+        rows = [_core.quantize(type_id, y, isa=isa) for isa in isas]
+        for row in rows[1:]:
+            assert np.array_equal(row, rows[0])
+        decoded = _core.dequantize(type_id, rows[0], y.size)
+        assert np.all(np.isnan(decoded[block:2 * block]))
+        assert np.array_equal(decoded[:block], _core.dequantize(type_id, clean, x.size)[:block])
+        assert np.array_equal(decoded[2 * block:], _core.dequantize(type_id, clean, x.size)[2 * block:])
