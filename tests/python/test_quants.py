@@ -425,9 +425,9 @@ def test_dequantize_any_address(qtype: T) -> None:
 
 @pytest.mark.parametrize("type_id", [int(T.Q8_0), int(T.Q8_K), 64], ids=["q8_0", "q8_K", "q8_0x"])
 def test_activation_nan_policy(type_id: int) -> None:
-    """Oracle: the rule in quant_blocks.h, which is numpy's (gguf) result for Q8_0. A block holding a NaN gets a
-    NaN scale and zero codes on every ISA, so the NaN reaches the outputs that depend on it instead of vanishing;
-    other blocks are untouched. Every ISA writes the same bytes."""
+    """Oracle: the rule in quant_blocks.h, which is numpy's (gguf) result for Q8_0. A block holding a NaN gets
+    a NaN scale and zero codes on every ISA, so the NaN reaches the outputs that depend on it instead of
+    vanishing; other blocks are untouched. Every ISA writes the same bytes."""
     block = _core.dtype_info(type_id)["block_size"]
     rng = np.random.default_rng(11)
     x = rng.standard_normal(4 * block).astype(np.float32)
