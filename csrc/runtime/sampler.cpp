@@ -96,6 +96,10 @@ void Sampler::transform(const float *logits, int64_t n_vocab, const int32_t *his
             logit = logit <= 0.0f ? logit * p.repetition_penalty : logit / p.repetition_penalty;
             logit -= float(count) * p.frequency_penalty + p.presence_penalty;
             counts_[id] = 0;
+            if (logit == std::numeric_limits<float>::infinity()) {
+                throw std::invalid_argument("sampler: the logit of token " + std::to_string(id) +
+                                            " overflows float32 after the penalties");
+            }
         }
     }
 
@@ -123,6 +127,8 @@ void Sampler::transform(const float *logits, int64_t n_vocab, const int32_t *his
         return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
     };
     if (p.top_k > 0 && size_t(p.top_k) < candidates_.size()) {
+        // A heap of the k best: for small k most candidates lose one comparison with the heap's top (measured
+        // faster here than nth_element and a sort of the k).
         std::partial_sort(candidates_.begin(), candidates_.begin() + p.top_k, candidates_.end(), higher);
         candidates_.resize(size_t(p.top_k));
     } else {

@@ -173,6 +173,12 @@ void test_bad_input() {
     masked[6] = -1.0f;  // one finite logit: the only possible token
     CHECK(s.sample(masked.data(), 10, nullptr, 0, 0) == 6);
     CHECK_THROWS(std::invalid_argument, s.sample(logits.data(), 0, nullptr, 0, 0), "n_vocab");
+    SamplerParams boost;  // a penalty below 1 multiplies positive logits: 3e38 / 0.5 overflows
+    boost.repetition_penalty = 0.5f;
+    Sampler boosting(boost);
+    const std::vector<float> huge = {3e38f, 0.0f};
+    const std::vector<int32_t> seen = {0};
+    CHECK_THROWS(std::invalid_argument, boosting.sample(huge.data(), 2, seen.data(), 1, 0), "overflows");
 }
 
 }  // namespace
