@@ -37,7 +37,8 @@ std::vector<int32_t> checked_history(const py::object &history) {
     if (array.size() == 0) return {};
     const char kind = array.dtype().kind();
     if (kind != 'i' && kind != 'u') {
-        throw py::value_error("Sampler: history must hold integer token ids, got " + std::string(py::str(array.dtype())));
+        throw py::value_error("Sampler: history must hold integer token ids, got " +
+                              std::string(py::str(array.dtype())));
     }
     const auto ids = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(array);
     std::vector<int32_t> result(size_t(ids.size()));

@@ -96,8 +96,11 @@ void Sampler::transform(const float *logits, int64_t n_vocab, const int32_t *his
             logit = logit <= 0.0f ? logit * p.repetition_penalty : logit / p.repetition_penalty;
             logit -= float(count) * p.frequency_penalty + p.presence_penalty;
             counts_[id] = 0;
-            if (logit == std::numeric_limits<float>::infinity()) {
-                throw std::invalid_argument("sampler: the logit of token " + std::to_string(id) +
+        }
+        // Checked once counts_ is clear again, so a throw leaves the sampler usable.
+        for (size_t i = 0; i < window; ++i) {
+            if (penalised_[size_t(recent[i])] == std::numeric_limits<float>::infinity()) {
+                throw std::invalid_argument("sampler: the logit of token " + std::to_string(recent[i]) +
                                             " overflows float32 after the penalties");
             }
         }
@@ -118,7 +121,9 @@ void Sampler::transform(const float *logits, int64_t n_vocab, const int32_t *his
 
     // -inf logits have probability 0 at every step: leave them out so they are never drawn.
     for (int64_t id = 0; id < n_vocab; ++id) {
-        if (penalised_[id] != -std::numeric_limits<float>::infinity()) candidates_.push_back({penalised_[id], int32_t(id)});
+        if (penalised_[id] > -std::numeric_limits<float>::infinity()) {
+            candidates_.push_back({penalised_[id], int32_t(id)});
+        }
     }
     if (candidates_.empty()) throw std::invalid_argument("sampler: every logit is -inf; no token can be sampled");
 

@@ -173,12 +173,19 @@ void test_bad_input() {
     masked[6] = -1.0f;  // one finite logit: the only possible token
     CHECK(s.sample(masked.data(), 10, nullptr, 0, 0) == 6);
     CHECK_THROWS(std::invalid_argument, s.sample(logits.data(), 0, nullptr, 0, 0), "n_vocab");
-    SamplerParams boost;  // a penalty below 1 multiplies positive logits: 3e38 / 0.5 overflows
+    // Dividing by a penalty below 1 raises positive logits: 3e38 / 0.5 overflows. The failed call (window
+    // {0, 1}) must leave no stale occurrence counts: afterwards token 1, seen once, gets 1.0 / 0.5 - 1 * 1.0 =
+    // 1.0 and ties token 0 (probabilities 1/2 each); a stale count of 2 would give it 0.0.
+    SamplerParams boost = plain(1.0f);
     boost.repetition_penalty = 0.5f;
+    boost.frequency_penalty = 1.0f;
     Sampler boosting(boost);
     const std::vector<float> huge = {3e38f, 0.0f};
-    const std::vector<int32_t> seen = {0};
-    CHECK_THROWS(std::invalid_argument, boosting.sample(huge.data(), 2, seen.data(), 1, 0), "overflows");
+    const std::vector<float> small = {1.0f, 1.0f};
+    const std::vector<int32_t> both = {0, 1}, one = {1};
+    CHECK_THROWS(std::invalid_argument, boosting.sample(huge.data(), 2, both.data(), 2, 0), "overflows");
+    const TokenDistribution d = boosting.distribution(small.data(), 2, one.data(), 1);
+    CHECK(d.ids.size() == 2 && std::fabs(d.probs[0] - 0.5f) <= 1e-6f && std::fabs(d.probs[1] - 0.5f) <= 1e-6f);
 }
 
 }  // namespace
