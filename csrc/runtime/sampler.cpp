@@ -120,52 +120,67 @@ void Sampler::transform(const float *logits, int64_t n_vocab, const int32_t *his
     }
 
     // -inf logits have probability 0 at every step: leave them out so they are never drawn.
+    float max_logit_f = -std::numeric_limits<float>::infinity();
     for (int64_t id = 0; id < n_vocab; ++id) {
         if (penalised_[id] > -std::numeric_limits<float>::infinity()) {
             candidates_.push_back({penalised_[id], int32_t(id)});
+            max_logit_f = std::max(max_logit_f, penalised_[id]);
         }
     }
     if (candidates_.empty()) throw std::invalid_argument("sampler: every logit is -inf; no token can be sampled");
+    const double max_logit = max_logit_f;  // every step keeps it
 
-    // 2. top_k. Sorting by (logit down, id up) makes every later cut a prefix and ties break by id.
+    // 2. top_k. Order (logit down, id up) makes every later cut a prefix and breaks ties by id. Only
+    // candidates_[0, n_sorted) are in that order; the rest is sorted below only as far as a cut needs.
     const auto higher = [](const Candidate &a, const Candidate &b) {
         return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
     };
+    size_t n_sorted = 0;
     if (p.top_k > 0 && size_t(p.top_k) < candidates_.size()) {
         // A heap of the k best: for small k most candidates lose one comparison with the heap's top (measured
         // faster here than nth_element and a sort of the k).
         std::partial_sort(candidates_.begin(), candidates_.begin() + p.top_k, candidates_.end(), higher);
         candidates_.resize(size_t(p.top_k));
-    } else {
-        std::sort(candidates_.begin(), candidates_.end(), higher);
+        n_sorted = candidates_.size();
     }
-    const double max_logit = candidates_[0].logit;
 
-    // 3. top_p, on the softmax at temperature 1 (temperature comes later in the chain).
+    // 3. top_p's normaliser: the softmax at temperature 1 (temperature comes later) over the top_k survivors,
+    // summed in their current order (sorted after a top_k cut, by id otherwise).
+    double top_p_sum = 0.0;
     if (p.top_p < 1.0f) {
-        probs_.resize(candidates_.size());
-        double sum = 0.0;
-        for (size_t i = 0; i < candidates_.size(); ++i) {
-            probs_[i] = std::exp(double(candidates_[i].logit) - max_logit);
-            sum += probs_[i];
-        }
-        double cumulative = 0.0;
-        for (size_t i = 0; i < candidates_.size(); ++i) {
-            cumulative += probs_[i] / sum;
-            if (cumulative >= double(p.top_p)) {
-                candidates_.resize(i + 1);
-                break;
-            }
-        }
+        for (const Candidate &c : candidates_) top_p_sum += std::exp(double(c.logit) - max_logit);
     }
 
-    // 4. min_p, on logits: p_i >= min_p * p_max  <=>  logit_i >= max_logit + log(min_p). Keeps the first.
+    // 4, first: min_p keeps logit >= max_logit + log(min_p), i.e. p >= min_p * p_max. Its threshold depends only
+    // on the max, which top_p keeps, so the tokens under it can never survive: move them behind the head
+    // [0, n_head) before any sorting, which leaves a few hundred candidates to sort instead of the vocabulary.
+    size_t n_head = candidates_.size();
     if (p.min_p > 0.0f) {
         const double threshold = max_logit + std::log(double(p.min_p));
-        size_t n_kept = 1;
-        while (n_kept < candidates_.size() && double(candidates_[n_kept].logit) >= threshold) ++n_kept;
-        candidates_.resize(n_kept);
+        const auto above = [threshold](const Candidate &c) { return double(c.logit) >= threshold; };
+        const auto head_end = n_sorted > 0 ? std::partition_point(candidates_.begin(), candidates_.end(), above)
+                                           : std::partition(candidates_.begin(), candidates_.end(), above);
+        n_head = size_t(head_end - candidates_.begin());
     }
+
+    // 3, then: top_p keeps the shortest sorted prefix whose probabilities sum to >= top_p; the survivors of
+    // both cuts are the shorter of the two prefixes. The head is sorted in growing chunks as the walk needs.
+    size_t n_kept = n_head;
+    double cumulative = 0.0;
+    for (size_t i = 0; i < n_head && p.top_p < 1.0f; ++i) {
+        if (i == n_sorted) {
+            n_sorted = std::min(n_head, std::max<size_t>(256, 8 * n_sorted));
+            std::partial_sort(candidates_.begin() + i, candidates_.begin() + n_sorted, candidates_.begin() + n_head,
+                              higher);
+        }
+        cumulative += std::exp(double(candidates_[i].logit) - max_logit) / top_p_sum;
+        if (cumulative >= double(p.top_p)) {
+            n_kept = i + 1;
+            break;
+        }
+    }
+    if (n_sorted < n_kept) std::sort(candidates_.begin() + n_sorted, candidates_.begin() + n_kept, higher);
+    candidates_.resize(n_kept);
 
     // 5. temperature and the final softmax.
     probs_.resize(candidates_.size());

@@ -41,14 +41,16 @@ def reference_distribution(logits: np.ndarray, history: np.ndarray, *, temperatu
     if F32(temperature) == 0:
         return np.array([int(np.argmax(penalised))]), np.array([1.0])
     ids = np.flatnonzero(penalised > -np.inf)
+    by_id = penalised[ids].astype(np.float64)
     ids = ids[np.lexsort((ids, -penalised[ids]))]  # logit down, id up
     if 0 < top_k < len(ids):
         ids = ids[:top_k]
+        by_id = penalised[ids].astype(np.float64)  # the sampler sums top_p's normaliser in sorted order here
     values = penalised[ids].astype(np.float64)
     top = values[0]
     if F32(top_p) < 1:
-        e = np.exp(values - top)
-        cumulative = np.cumsum(e / np.cumsum(e)[-1])  # sequential sums, as the sampler adds
+        # Sequential sums, in the sampler's order, so a cut sitting on top_p falls the same way.
+        cumulative = np.cumsum(np.exp(values - top) / np.cumsum(np.exp(by_id - top))[-1])
         reached = np.flatnonzero(cumulative >= float(F32(top_p)))
         if len(reached):
             ids, values = ids[:reached[0] + 1], values[:reached[0] + 1]
@@ -96,6 +98,25 @@ def test_distribution_matches_numpy_reference(seed: int, n_vocab: int, ties: boo
     index = min(int(np.searchsorted(cumulative, u, side="right")), len(ref_ids) - 1)
     near_boundary = np.min(np.abs(np.concatenate(([0.0], cumulative)) - u)) < 1e-6
     assert token == ref_ids[index] or near_boundary
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize(("top_p", "min_p"), [(0.5, 0.0), (0.9, 0.0), (1.0, 0.01), (0.95, 0.05), (1.0, 0.0)])
+def test_large_vocab_matches_numpy_reference(top_p: float, min_p: float, ties: bool) -> None:
+    """Without top_k the sampler sorts only as much of the vocabulary as top_p and min_p keep, in chunks
+    of 256, then 2048, then 16384: these settings keep 648 to all 20000 tokens, so every chunk boundary is
+    crossed (with ties, equal logits straddle the boundaries)."""
+    rng = np.random.default_rng(11)
+    logits = random_logits(rng, 20000, scale=1.5)
+    if ties:
+        logits = np.round(logits, 1).astype(F32)
+    history = rng.integers(0, 20000, size=64).astype(np.int32)
+    params = {"temperature": 0.9, "top_k": 0, "top_p": top_p, "min_p": min_p, "repetition_penalty": 1.1}
+    ids, probs = _core.Sampler(**params).distribution(logits, history)
+    ref_ids, ref_probs = reference_distribution(logits, history, **params)
+    assert len(ref_ids) > 256
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(probs, ref_probs, rtol=0, atol=1e-6)
 
 
 def test_greedy_is_argmax() -> None:
