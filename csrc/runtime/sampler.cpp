@@ -153,7 +153,7 @@ void Sampler::transform(const float *logits, int64_t n_vocab, const int32_t *his
 
     // 4, first: min_p keeps logit >= max_logit + log(min_p), i.e. p >= min_p * p_max. Its threshold depends only
     // on the max, which top_p keeps, so the tokens under it can never survive: move them behind the head
-    // [0, n_head) before any sorting, which leaves a few hundred candidates to sort instead of the vocabulary.
+    // [0, n_head) before any sorting, so usually far fewer candidates than the vocabulary are sorted.
     size_t n_head = candidates_.size();
     if (p.min_p > 0.0f) {
         const double threshold = max_logit + std::log(double(p.min_p));

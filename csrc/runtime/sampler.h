@@ -16,7 +16,9 @@
 //                  the penalised logits, lowest id on ties (steps 2-4 always keep the argmax, so they are moot)
 //   6. sample      inverse CDF of that distribution at one uniform number
 // Candidates are ordered by logit, highest first, lowest id on ties, so every cut and the inverse CDF are
-// deterministic. After the float32 penalties everything runs in double.
+// deterministic. After the float32 penalties everything runs in double. Steps 3 and 4 each keep a prefix of
+// that order and min_p's threshold depends only on the max logit, so the two are computed together and, when
+// top_k keeps everything, only the head they can keep is sorted (no full sort of a 150k vocabulary).
 //
 // Random numbers are a pure function of (seed, position): a counter-based generator (splitmix64 mixing),
 // not a stream. Sampling the token at position p uses the same uniform number whatever was sampled, drafted
