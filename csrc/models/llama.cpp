@@ -58,7 +58,8 @@ LlamaHparams read_hparams(const GGUFFile &file, const LlamaVariant &variant) {
         fail(file, "rope.dimension_count " + std::to_string(h.n_rot) + " must be even and at most the head size " +
                        std::to_string(h.head_dim));
     }
-    h.rms_eps = optional_float(file, p + "attention.layer_norm_rms_eps", 1e-5);
+    h.rms_eps = float(file.get(p + "attention.layer_norm_rms_epsilon").to_f64(file.path() + ": " + p +
+                                                                        "attention.layer_norm_rms_epsilon"));
     h.rope_freq_base = optional_float(file, p + "rope.freq_base", 10000.0);
     if (!(h.rms_eps > 0.0f) || !(h.rope_freq_base > 0.0f)) {
         fail(file, "layer_norm_rms_eps and rope.freq_base must be positive");

@@ -1,0 +1,180 @@
+"""flashmtp.Model (llama, qwen2) against a float64 numpy reference of the same network written here.
+
+The reference follows Hugging Face's llama math on the dequantized GGUF weights (flashmtp.gguf's dequantize,
+itself checked bit-exact against the gguf package): RMSNorm with the file's eps, RoPE with the file's theta in
+the layout llama.cpp uses for the architecture (llama: interleaved pairs, since the converter permutes Q and
+K; qwen2: halves), grouped-query causal attention, SwiGLU, tied or untied output.
+
+Our matmul quantizes activations to Q8_0 before multiplying Q4_0/Q8_0 weights (as llama.cpp does), which
+moves logits by about 1% of their spread on random weights. So two comparisons:
+- against the exact reference: top-1 agreement and max |diff| relative to the logits' standard deviation;
+- against the reference that rounds activations through Q8_0 at the same points: a tight bound, which catches
+  any real mistake (a wrong RoPE layout or head mapping moves logits by O(std)).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flashmtp
+import numpy as np
+import pytest
+from flashmtp import _core
+from flashmtp.gguf import GGUFFile
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TINY = ROOT / "models" / "tiny-llama.gguf"
+Q8_0 = 8
+PLAIN_TYPES = {0, 1, 30}  # f32, f16, bf16: float32 activations, no quantization
+
+
+def q8_0_round_trip(x: np.ndarray) -> np.ndarray:
+    """x [n_tokens, n] as our matmul sees it: float32, then Q8_0 blocks of 32 along each row."""
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    raw = _core.quantize(Q8_0, x32.reshape(-1))
+    return _core.dequantize(Q8_0, raw, x32.size).reshape(x.shape).astype(np.float64)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float, neox: bool) -> np.ndarray:
+    """x [n_tokens, n_heads, head_dim]; rotates the first n_rot dims of each head."""
+    out = x.copy()
+    half = n_rot // 2
+    angles = positions[:, None] * base ** (-2.0 * np.arange(half) / n_rot)  # [n_tokens, half]
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    if neox:
+        a, b = x[..., :half], x[..., half:n_rot]
+        out[..., :half], out[..., half:n_rot] = a * cos - b * sin, a * sin + b * cos
+    else:
+        a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2], out[..., 1:n_rot:2] = a * cos - b * sin, a * sin + b * cos
+    return out
+
+
+def reference_logits(path: Path, tokens: np.ndarray, quantize_activations: bool) -> np.ndarray:
+    """float64 logits [n_tokens, n_vocab] of tokens decoded from position 0."""
+    with GGUFFile(path) as f:
+        md = f.metadata
+        arch = md["general.architecture"]
+        n_head = md[f"{arch}.attention.head_count"]
+        n_head_kv = md.get(f"{arch}.attention.head_count_kv", n_head)
+        n_embd = md[f"{arch}.embedding_length"]
+        head_dim = n_embd // n_head
+        n_rot = md.get(f"{arch}.rope.dimension_count", head_dim)
+        eps = float(md[f"{arch}.attention.layer_norm_rms_epsilon"])
+        base = float(md.get(f"{arch}.rope.freq_base", 10000.0))
+        names = {t.name for t in f.tensors}
+
+        def weight(name: str) -> np.ndarray:
+            return f.dequantize(name).astype(np.float64)
+
+        def linear(name: str, x: np.ndarray) -> np.ndarray:
+            if quantize_activations and f.tensor_info(name).type not in PLAIN_TYPES:
+                x = q8_0_round_trip(x)
+            elif quantize_activations:
+                x = x.astype(np.float32).astype(np.float64)
+            y = x @ weight(name).T
+            bias = name.replace(".weight", ".bias")
+            return y + weight(bias) if bias in names else y
+
+        def rms_norm(x: np.ndarray, name: str) -> np.ndarray:
+            return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight(name)
+
+        n = len(tokens)
+        positions = np.arange(n, dtype=np.float64)
+        x = weight("token_embd.weight")[tokens]  # [n, n_embd]
+        causal = np.tril(np.ones((n, n), dtype=bool))
+        for i in range(md[f"{arch}.block_count"]):
+            b = f"blk.{i}."
+            h = rms_norm(x, b + "attn_norm.weight")
+            q = linear(b + "attn_q.weight", h).reshape(n, n_head, head_dim)
+            k = linear(b + "attn_k.weight", h).reshape(n, n_head_kv, head_dim)
+            v = linear(b + "attn_v.weight", h).reshape(n, n_head_kv, head_dim)
+            q = rope(q, positions, n_rot, base, neox=arch == "qwen2")
+            k = rope(k, positions, n_rot, base, neox=arch == "qwen2")
+            group = n_head // n_head_kv
+            k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # [n, n_head, head_dim]
+            scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(head_dim)
+            scores = np.where(causal, scores, -np.inf)
+            p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            p /= p.sum(axis=-1, keepdims=True)
+            attn = np.einsum("hts,shd->thd", p, v).reshape(n, n_head * head_dim)
+            x = x + linear(b + "attn_output.weight", attn)
+            h = rms_norm(x, b + "ffn_norm.weight")
+            gate, up = linear(b + "ffn_gate.weight", h), linear(b + "ffn_up.weight", h)
+            x = x + linear(b + "ffn_down.weight", gate / (1.0 + np.exp(-gate)) * up)
+        h = rms_norm(x, "output_norm.weight")
+        return linear("output.weight" if "output.weight" in names else "token_embd.weight", h)
+
+
+def tiny_tokens(n: int, n_vocab: int) -> np.ndarray:
+    return ((np.arange(n) * 37 + 11) % n_vocab).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> flashmtp.Model:
+    return flashmtp.Model(TINY, threads=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny: flashmtp.Model) -> tuple[np.ndarray, np.ndarray]:
+    tokens = tiny_tokens(40, tiny.n_vocab)
+    return tokens, tiny.session(64).decode(tokens)
+
+
+def test_tiny_against_exact_reference(tiny_run: tuple[np.ndarray, np.ndarray]) -> None:
+    # Q8_0 activations move the logits by about 1.3% of their spread (RMS), 6% at worst over the 14,200
+    # logits (measured); allow 3% and 15%, and near-ties may swap the top-1.
+    tokens, logits = tiny_run
+    ref = reference_logits(TINY, tokens, quantize_activations=False)
+    diff = logits - ref
+    rms, worst = np.sqrt(np.mean(diff**2)) / ref.std(), np.abs(diff).max() / ref.std()
+    assert rms < 0.03 and worst < 0.15, f"|ours - reference| / logits' std: RMS {rms:.4f}, max {worst:.4f}"
+    agree = np.mean(logits.argmax(-1) == ref.argmax(-1))
+    assert agree >= 0.95, f"top-1 agreement {agree:.3f}"
+
+
+def test_tiny_against_quantized_activation_reference(tiny_run: tuple[np.ndarray, np.ndarray]) -> None:
+    # Same activation rounding as our matmul: what remains is float32 arithmetic, 8e-7 of the logits' spread
+    # at worst (measured). A Q8_0 code rounding the other way would cost ~1e-3; allow 1e-5.
+    tokens, logits = tiny_run
+    ref = reference_logits(TINY, tokens, quantize_activations=True)
+    rel = np.abs(logits - ref).max() / ref.std()
+    assert rel < 1e-5, f"max |ours - reference| = {rel:.2e} x std of the logits"
+    assert np.array_equal(logits.argmax(-1), ref.argmax(-1))
+
+
+def test_tiny_properties(tiny: flashmtp.Model) -> None:
+    e = tiny.engine
+    shape = (tiny.architecture, e.n_embd, e.n_layer, e.n_head, e.n_head_kv, e.n_ff)
+    assert shape == ("llama", 64, 2, 4, 2, 128)
+    assert tiny.n_ctx_train == 256
+    s = tiny.session()
+    assert (s.n_ctx, s.n_past, s.n_vocab) == (256, 0, tiny.n_vocab)
+    assert s.state_size == 2 * 2 * 256 * 2 * 16 * 4  # K and V, fp32: 2 x n_layer x n_ctx x kv_dim x 4
+
+
+def test_tiny_batches_and_rewind_bitwise(
+    tiny: flashmtp.Model, tiny_run: tuple[np.ndarray, np.ndarray]
+) -> None:
+    tokens, logits = tiny_run
+    s = tiny.session(64)
+    chunks = [s.decode(tokens[i : i + 9]) for i in range(0, len(tokens), 9)]
+    assert np.array_equal(np.concatenate(chunks), logits)
+    s.rewind(17)
+    assert s.n_past == 17
+    assert np.array_equal(s.decode(tokens[17:]), logits[17:])
+
+
+def test_errors(tiny: flashmtp.Model) -> None:
+    s = tiny.session(4)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        s.decode(np.array([0, tiny.n_vocab], dtype=np.int32))
+    with pytest.raises(ValueError, match="exceed the context of 4"):
+        s.decode(np.zeros(5, dtype=np.int32))
+    with pytest.raises(ValueError, match="1-D"):
+        s.decode(np.zeros((2, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match=r"outside \[0, 0\]"):
+        s.rewind(1)
+    assert s.n_past == 0
+    with pytest.raises(flashmtp.GGUFError, match="missing"):
+        flashmtp.Model(TINY.with_name("missing.gguf"))
