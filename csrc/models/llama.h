@@ -37,7 +37,9 @@ struct LlamaHparams {
 
 struct LlamaLayer {
     const float *attn_norm;                             // [n_embd]
-    WeightMatrix attn_q, attn_k, attn_v, attn_output;   // [n_head*head_dim | n_head_kv*head_dim, n_embd]...
+    WeightMatrix attn_q;                                // [n_head * head_dim, n_embd]
+    WeightMatrix attn_k, attn_v;                        // [n_head_kv * head_dim, n_embd]
+    WeightMatrix attn_output;                           // [n_embd, n_head * head_dim]
     const float *attn_q_bias, *attn_k_bias, *attn_v_bias;  // [rows of the projection]; null without biases
     const float *ffn_norm;                              // [n_embd]
     WeightMatrix ffn_gate, ffn_up, ffn_down;            // [n_ff, n_embd], [n_ff, n_embd], [n_embd, n_ff]

@@ -209,8 +209,9 @@ def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     w.add_rope_freq_base(1000000.0)
     w.add_layer_norm_rms_eps(1e-6)
 
-    def add(name: str, shape: tuple[int, ...], type_id: int, scale: float = 0.05, offset: float = 0.0
-            ) -> None:
+    def add(
+        name: str, shape: tuple[int, ...], type_id: int, scale: float = 0.05, offset: float = 0.0
+    ) -> None:
         x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
         if type_id == 0:
             w.add_tensor(name, x)
