@@ -12,9 +12,14 @@ namespace flashmtp {
 
 enum RopeMode { ROPE_NORMAL, ROPE_NEOX };
 
-// x [n_tokens, n_heads, head_dim]: row t sits at position positions[t]. The result of a row depends only on
-// its values and its position (batch invariance).
-void rope_apply(float *x, const int32_t *positions, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
-                int64_t n_rot, float freq_base, RopeMode mode);
+// cos, sin [n_tokens, n_rot / 2] of the angles positions[t] * freq_base^(-2i / n_rot). They depend on the
+// positions only, so a forward pass computes them once and every layer's queries and keys share them.
+void rope_angles(const int32_t *positions, int64_t n_tokens, int64_t n_rot, float freq_base, float *cos,
+                 float *sin);
+
+// x [n_tokens, n_heads, head_dim]: row t rotated by the angles of row t of cos, sin [n_tokens, n_rot / 2].
+// The result of a row depends only on its values and its position (batch invariance).
+void rope_apply(float *x, const float *cos, const float *sin, int64_t n_tokens, int64_t n_heads,
+                int64_t head_dim, int64_t n_rot, RopeMode mode);
 
 }  // namespace flashmtp

@@ -217,6 +217,9 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
     s.up.resize(n * size_t(h.n_ff));
     s.positions.resize(n);
     for (int64_t t = 0; t < n_tokens; ++t) s.positions[size_t(t)] = int32_t(n_past + t);
+    s.rope_cos.resize(n * size_t(h.n_rot / 2));
+    s.rope_sin.resize(n * size_t(h.n_rot / 2));
+    rope_angles(s.positions.data(), n_tokens, h.n_rot, h.rope_freq_base, s.rope_cos.data(), s.rope_sin.data());
 
     const DequantizeRowFn dequantize = kernels().dequantize_row[model.token_embd.type];
     for (int64_t t = 0; t < n_tokens; ++t) {
@@ -243,9 +246,9 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
             add_bias(k_new, layer.attn_k_bias, n_tokens, kv_dim);
             add_bias(v_new, layer.attn_v_bias, n_tokens, kv_dim);
         }
-        rope_apply(s.q.data(), s.positions.data(), n_tokens, h.n_head, h.head_dim, h.n_rot, h.rope_freq_base,
+        rope_apply(s.q.data(), s.rope_cos.data(), s.rope_sin.data(), n_tokens, h.n_head, h.head_dim, h.n_rot,
                    h.rope_mode);
-        rope_apply(k_new, s.positions.data(), n_tokens, h.n_head_kv, h.head_dim, h.n_rot, h.rope_freq_base,
+        rope_apply(k_new, s.rope_cos.data(), s.rope_sin.data(), n_tokens, h.n_head_kv, h.head_dim, h.n_rot,
                    h.rope_mode);
         attention(shape, s.q.data(), k_layer, v_layer, n_past, n_tokens, s.attn.data(), pool, s.attention_scratch);
         matmul(layer.attn_output, s.attn.data(), n_tokens, s.proj.data(), pool, s.matmul_scratch);

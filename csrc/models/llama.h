@@ -73,6 +73,7 @@ struct LlamaState {
     std::vector<float> proj;   // [n_tokens, n_embd] attention or ffn output projection
     std::vector<float> gate, up;  // [n_tokens, n_ff]
     std::vector<int32_t> positions;  // [n_tokens]
+    std::vector<float> rope_cos, rope_sin;  // [n_tokens, n_rot / 2]
     MatmulScratch matmul_scratch;
     AttentionScratch attention_scratch;
 };
