@@ -1,6 +1,9 @@
 // Engine and Session (flashmtp.h) for Python: flashmtp._core.Engine(path, threads) and its sessions.
 #include <memory>
+#include <optional>
 #include <string>
+
+#include <pybind11/stl.h>
 
 #include "bindings.h"
 #include "flashmtp.h"
@@ -11,19 +14,23 @@ namespace flashmtp {
 
 namespace {
 
-// tokens: a 1-D array (or sequence) of integer ids. Returns float32 [n_tokens, n_vocab]: every token's logits.
-py::array_t<float> session_decode(Session &session, const py::array &tokens_in) {
+// tokens: a 1-D array (or sequence) of integer ids. Returns float32 [n_logits, n_vocab]: the logits of the last
+// n_logits tokens (None: all of them).
+py::array_t<float> session_decode(Session &session, const py::array &tokens_in, std::optional<int> n_logits_in) {
     const auto tokens = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(tokens_in);
     if (!tokens || tokens.ndim() != 1) {
         throw py::value_error("decode: tokens must be a 1-D array of token ids, got " +
                               std::to_string(tokens_in.ndim()) + " dimension(s)");
     }
     const int n_tokens = int(tokens.shape(0));
-    py::array_t<float> logits({py::ssize_t(n_tokens), py::ssize_t(session.n_vocab())});
+    const int n_logits = n_logits_in.value_or(n_tokens);
+    // An out-of-range n_logits is the session's error to report; allocate nothing for it.
+    const py::ssize_t rows = n_logits >= 0 && n_logits <= n_tokens ? n_logits : 0;
+    py::array_t<float> logits({rows, py::ssize_t(session.n_vocab())});
     float *out = logits.mutable_data();
     const int32_t *ids = tokens.data();
     py::gil_scoped_release release;
-    session.decode(ids, n_tokens, out);
+    session.decode(ids, n_tokens, out, n_logits);
     return logits;
 }
 
@@ -31,8 +38,9 @@ py::array_t<float> session_decode(Session &session, const py::array &tokens_in) 
 
 void bind_model(py::module_ &m) {
     py::class_<Session>(m, "Session", "One timeline over an Engine: the KV cache and the position.")
-        .def("decode", &session_decode, py::arg("tokens"),
-             "Decode token ids (1-D int32) in one batch; returns float32 logits [n_tokens, n_vocab].")
+        .def("decode", &session_decode, py::arg("tokens"), py::arg("n_logits") = py::none(),
+             "Decode token ids (1-D int32) in one batch; returns float32 logits [n_logits, n_vocab] of the last"
+             " n_logits tokens (default: all; 1: the next token's; 0: none).")
         .def("rewind", &Session::rewind, py::arg("n_past"),
              "Drop every position from n_past on (exact: as if they had never been decoded).")
         .def_property_readonly("n_past", &Session::n_past)

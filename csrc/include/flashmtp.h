@@ -19,12 +19,12 @@ public:
     virtual ~Session() = default;
 
     // Runs tokens [n_tokens] at positions n_past()..n_past() + n_tokens - 1 in one batch and appends them to
-    // the timeline. If logits_out is not null it receives the logits of every token, [n_tokens, n_vocab]
-    // row-major (null skips the output projection, e.g. for a prompt's prefix).
+    // the timeline. logits_out receives the logits of the last n_logits tokens, [n_logits, n_vocab] row-major:
+    // n_tokens for all of them (verifying drafts), 1 for the next token only, 0 for none (logits_out unused).
     // A token's logits are bit-identical whatever batch it was decoded in and whatever the thread count.
-    // Throws std::invalid_argument, leaving the session unchanged, if n_tokens < 1, a token id is outside
-    // [0, n_vocab), or the tokens do not fit in the context.
-    virtual void decode(const int32_t *tokens, int n_tokens, float *logits_out) = 0;
+    // Throws std::invalid_argument, leaving the session unchanged, if n_tokens < 1, n_logits is outside
+    // [0, n_tokens], a token id is outside [0, n_vocab), or the tokens do not fit in the context.
+    virtual void decode(const int32_t *tokens, int n_tokens, float *logits_out, int n_logits) = 0;
 
     // Positions decoded so far.
     virtual int n_past() const = 0;

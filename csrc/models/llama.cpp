@@ -204,7 +204,7 @@ void llama_state_init(const LlamaModel &model, LlamaState &state, int64_t n_ctx,
 }
 
 void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens, int64_t n_tokens, int64_t n_past,
-                   float *logits, ThreadPool &pool) {
+                   int64_t n_logits, float *logits, ThreadPool &pool) {
     const LlamaHparams &h = model.hparams;
     const int64_t n_embd = h.n_embd, q_dim = h.n_head * h.head_dim, kv_dim = h.n_head_kv * h.head_dim;
     const size_t n = size_t(n_tokens);
@@ -262,9 +262,10 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
         add_residual(s.x.data(), s.proj.data(), n_tokens * n_embd);
     }
 
-    if (!logits) return;
-    rms_norm(s.x.data(), model.output_norm, n_tokens, n_embd, h.rms_eps, s.x_norm.data());
-    matmul(model.output, s.x_norm.data(), n_tokens, logits, pool, s.matmul_scratch);
+    if (n_logits == 0) return;
+    const float *x_last = s.x.data() + (n_tokens - n_logits) * n_embd;  // [n_logits, n_embd]
+    rms_norm(x_last, model.output_norm, n_logits, n_embd, h.rms_eps, s.x_norm.data());
+    matmul(model.output, s.x_norm.data(), n_logits, logits, pool, s.matmul_scratch);
 }
 
 }  // namespace flashmtp

@@ -82,9 +82,9 @@ struct LlamaState {
 void llama_state_init(const LlamaModel &model, LlamaState &state, int64_t n_ctx, int n_threads);
 
 // Runs tokens [n_tokens] at positions n_past.. through the model, writing their keys and values into the cache,
-// and, if logits is not null, logits [n_tokens, n_vocab]. The caller has checked the token ids and that
-// n_past + n_tokens <= state.n_ctx.
+// and the logits of the last n_logits tokens into logits [n_logits, n_vocab]. The caller has checked the token
+// ids, 0 <= n_logits <= n_tokens and n_past + n_tokens <= state.n_ctx.
 void llama_forward(const LlamaModel &model, LlamaState &state, const int32_t *tokens, int64_t n_tokens,
-                   int64_t n_past, float *logits, ThreadPool &pool);
+                   int64_t n_past, int64_t n_logits, float *logits, ThreadPool &pool);
 
 }  // namespace flashmtp

@@ -56,8 +56,12 @@ public:
         llama_state_init(engine_->model(), state_, n_ctx, engine_->n_threads());
     }
 
-    void decode(const int32_t *tokens, int n_tokens, float *logits_out) override {
+    void decode(const int32_t *tokens, int n_tokens, float *logits_out, int n_logits) override {
         if (n_tokens < 1) throw std::invalid_argument("decode: need at least one token, got " + std::to_string(n_tokens));
+        if (n_logits < 0 || n_logits > n_tokens) {
+            throw std::invalid_argument("decode: n_logits " + std::to_string(n_logits) + " is outside [0, " +
+                                        std::to_string(n_tokens) + "] (the batch's token count)");
+        }
         if (int64_t(n_past_) + n_tokens > state_.n_ctx) {
             throw std::invalid_argument("decode: " + std::to_string(n_tokens) + " token(s) after " +
                                         std::to_string(n_past_) + " past position(s) exceed the context of " +
@@ -71,7 +75,7 @@ public:
                                             std::to_string(n_vocab) + ")");
             }
         }
-        llama_forward(engine_->model(), state_, tokens, n_tokens, n_past_, logits_out, engine_->pool());
+        llama_forward(engine_->model(), state_, tokens, n_tokens, n_past_, n_logits, logits_out, engine_->pool());
         n_past_ += n_tokens;
     }
 

@@ -4,6 +4,7 @@
     session = model.session(n_ctx=128)
     logits = session.decode(np.array([1, 2, 3], dtype=np.int32))   # float32 [3, n_vocab]
     session.rewind(1)                                                # keep the first token only
+    next_logits = session.decode([4, 5], n_logits=1)                 # float32 [1, n_vocab]: token 5's
 
 Supported architectures: llama, qwen2. A malformed or unsupported file raises :class:`flashmtp.GGUFError`;
 bad token ids, a full context or a bad rewind position raise ``ValueError``.
@@ -40,8 +41,10 @@ class Model:
     def session(self, n_ctx: int | None = None) -> _core.Session:
         """A new empty timeline of n_ctx positions (default: the training context).
 
-        ``decode(tokens)`` runs a 1-D int32 array of ids in one batch and returns every token's logits,
-        float32 ``[n_tokens, n_vocab]``; ``rewind(n)`` keeps the first n positions; ``n_past`` counts them.
+        ``decode(tokens, n_logits=None)`` runs a 1-D array of token ids in one batch and returns the logits of
+        its last n_logits tokens (default: all), float32 ``[n_logits, n_vocab]``; ``rewind(n)`` keeps the first
+        n positions; ``n_past`` counts them. Session state (the fp32 KV cache) is allocated up front:
+        ``state_size`` bytes.
         """
         return self.engine.session(0 if n_ctx is None else n_ctx)
 

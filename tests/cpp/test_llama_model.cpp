@@ -31,7 +31,7 @@ std::vector<float> decode_in_chunks(Session &session, const std::vector<int32_t>
     size_t done = 0, chunk = 0;
     while (done < tokens.size()) {
         const int n = int(std::min(size_t(chunk_sizes[chunk++ % chunk_sizes.size()]), tokens.size() - done));
-        session.decode(tokens.data() + done, n, logits.data() + done * size_t(n_vocab));
+        session.decode(tokens.data() + done, n, logits.data() + done * size_t(n_vocab), n);
         done += size_t(n);
     }
     return logits;
@@ -75,6 +75,22 @@ void test_batch_invariance() {
     }
 }
 
+// Logits of the last n_logits tokens only: the same bits as those rows of a full decode.
+void test_last_logits() {
+    auto engine = Engine::load(kModel, 2);
+    const int n_vocab = engine->n_vocab();
+    const auto tokens = some_tokens(10, n_vocab, 5);
+    auto session = engine->new_session(32);
+    const auto all = decode_in_chunks(*session, tokens, n_vocab, {10});
+    for (int n_logits : {1, 3}) {
+        auto other = engine->new_session(32);
+        std::vector<float> last(size_t(n_logits * n_vocab));
+        other->decode(tokens.data(), 10, last.data(), n_logits);
+        CHECK_MSG(std::memcmp(last.data(), all.data() + size_t((10 - n_logits) * n_vocab), last.size() * sizeof(float)) == 0,
+                  "the last %d row(s) differ from a full decode", n_logits);
+    }
+}
+
 void test_rewind() {
     auto engine = Engine::load(kModel, 2);
     const int n_vocab = engine->n_vocab();
@@ -100,16 +116,19 @@ void test_errors() {
     auto session = engine->new_session(8);
     std::vector<float> logits(size_t(9 * engine->n_vocab()));
     const int32_t bad[] = {1, engine->n_vocab(), 2};
-    CHECK_THROWS(std::invalid_argument, session->decode(bad, 3, logits.data()), "outside the vocabulary");
+    CHECK_THROWS(std::invalid_argument, session->decode(bad, 3, logits.data(), 3), "outside the vocabulary");
     const int32_t negative[] = {-1};
-    CHECK_THROWS(std::invalid_argument, session->decode(negative, 1, logits.data()), "token id -1");
+    CHECK_THROWS(std::invalid_argument, session->decode(negative, 1, logits.data(), 1), "token id -1");
     CHECK(session->n_past() == 0);
     const auto nine = some_tokens(9, engine->n_vocab(), 4);
-    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 9, logits.data()), "exceed the context of 8");
-    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 0, logits.data()), "at least one token");
-    session->decode(nine.data(), 8, nullptr);
+    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 9, logits.data(), 9), "exceed the context of 8");
+    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 0, logits.data(), 0), "at least one token");
+    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 2, logits.data(), 3), "n_logits 3 is outside [0, 2]");
+    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 2, logits.data(), -1), "n_logits -1");
+    CHECK(session->n_past() == 0);
+    session->decode(nine.data(), 8, nullptr, 0);
     CHECK(session->n_past() == 8);
-    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 1, logits.data()), "exceed the context");
+    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 1, logits.data(), 1), "exceed the context");
     CHECK_THROWS(std::invalid_argument, session->rewind(9), "outside [0, 8]");
     CHECK_THROWS(std::invalid_argument, session->rewind(-1), "outside [0, 8]");
     CHECK_THROWS(std::invalid_argument, engine->new_session(-1), "negative");
@@ -121,6 +140,7 @@ void test_errors() {
 int main() {
     test_hparams();
     test_batch_invariance();
+    test_last_logits();
     test_rewind();
     test_errors();
     return test::exit_code("test_llama_model");

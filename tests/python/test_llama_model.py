@@ -167,6 +167,11 @@ def test_tiny_batches_and_rewind_bitwise(
     s.rewind(17)
     assert s.n_past == 17
     assert np.array_equal(s.decode(tokens[17:]), logits[17:])
+    s.rewind(20)
+    assert np.array_equal(s.decode(tokens[20:], n_logits=1), logits[-1:])
+    s.rewind(20)
+    assert s.decode(tokens[20:], n_logits=0).shape == (0, tiny.n_vocab)
+    assert s.n_past == 40
 
 
 def test_errors(tiny: flashmtp.Model) -> None:
@@ -177,6 +182,8 @@ def test_errors(tiny: flashmtp.Model) -> None:
         s.decode(np.zeros(5, dtype=np.int32))
     with pytest.raises(ValueError, match="1-D"):
         s.decode(np.zeros((2, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match=r"n_logits 3 is outside \[0, 2\]"):
+        s.decode(np.zeros(2, dtype=np.int32), n_logits=3)
     with pytest.raises(ValueError, match=r"outside \[0, 0\]"):
         s.rewind(1)
     assert s.n_past == 0
