@@ -41,9 +41,9 @@ class Model:
     def session(self, n_ctx: int | None = None) -> _core.Session:
         """A new empty timeline of n_ctx positions (default: the training context).
 
-        ``decode(tokens, n_logits=None)`` runs a 1-D array of token ids in one batch and returns the logits of
-        its last n_logits tokens (default: all), float32 ``[n_logits, n_vocab]``; ``rewind(n)`` keeps the first
-        n positions; ``n_past`` counts them. Session state (the fp32 KV cache) is allocated up front:
+        ``decode(tokens, n_logits=None)`` runs a 1-D array of token ids in one batch and returns the logits
+        of its last n_logits tokens (default: all), float32 ``[n_logits, n_vocab]``; ``rewind(n)`` keeps the
+        first n positions; ``n_past`` counts them. Session state (the fp32 KV cache) is allocated up front:
         ``state_size`` bytes.
         """
         return self.engine.session(0 if n_ctx is None else n_ctx)
