@@ -2,7 +2,7 @@
 // Reading order: hyperparameters, tensor binding (every check happens here, once), state, forward.
 #include "models/llama.h"
 
-#include <algorithm>
+#include <initializer_list>
 #include <string>
 
 #include "layers/ffn.h"
@@ -125,8 +125,9 @@ private:
         bool same = info->n_dims == expected.size();
         for (size_t i = 0; same && i < expected.size(); ++i) same = info->ne[i] == expected[i];
         if (!same) {
-            fail(file_, "tensor '" + name + "': expected shape " + dims_string(expected.data(), uint32_t(expected.size())) +
-                            ", found " + dims_string(info->ne, info->n_dims) + " (ggml order)");
+            fail(file_, "tensor '" + name + "': expected shape " +
+                            dims_string(expected.data(), uint32_t(expected.size())) + ", found " +
+                            dims_string(info->ne, info->n_dims) + " (ggml order)");
         }
         used_[size_t(info - file_.tensors().data())] = true;
         return *info;
@@ -136,12 +137,16 @@ private:
     std::vector<bool> used_;  // [n_tensors of the file]
 };
 
+// ---- forward helpers -----------------------------------------------------------------------------------------
+
+// y [n_rows, n] += bias [n]
 void add_bias(float *y, const float *bias, int64_t n_rows, int64_t n) {
     for (int64_t r = 0; r < n_rows; ++r) {
         for (int64_t i = 0; i < n; ++i) y[r * n + i] += bias[i];
     }
 }
 
+// x [n] += delta [n]
 void add_residual(float *x, const float *delta, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] += delta[i];
 }
@@ -157,7 +162,9 @@ LlamaModel llama_load(const GGUFFile &file, const LlamaVariant &variant) {
     // n_vocab comes from the embedding itself: the tokenizer's list is checked against it by the tokenizer.
     const GGUFTensorInfo *embd = file.find_tensor("token_embd.weight");
     if (!embd) fail(file, "missing tensor 'token_embd.weight'");
-    if (embd->n_dims != 2) fail(file, "tensor 'token_embd.weight': expected 2 dimensions, found " + std::to_string(embd->n_dims));
+    if (embd->n_dims != 2) {
+        fail(file, "tensor 'token_embd.weight': expected 2 dimensions, found " + std::to_string(embd->n_dims));
+    }
     h.n_vocab = embd->ne[1];
     model.token_embd = bind.matrix("token_embd.weight", h.n_embd, h.n_vocab);
     if (!kernels().dequantize_row[model.token_embd.type]) {
@@ -194,6 +201,8 @@ LlamaModel llama_load(const GGUFFile &file, const LlamaVariant &variant) {
 
 LlamaModel llama_load_llama(const GGUFFile &file) { return llama_load(file, {"llama", false, ROPE_NORMAL}); }
 
+// ---- state and forward ---------------------------------------------------------------------------------------
+
 void llama_state_init(const LlamaModel &model, LlamaState &state, int64_t n_ctx, int n_threads) {
     const LlamaHparams &h = model.hparams;
     state.n_ctx = n_ctx;
@@ -222,9 +231,9 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
     rope_angles(s.positions.data(), n_tokens, h.n_rot, h.rope_freq_base, s.rope_cos.data(), s.rope_sin.data());
 
     const DequantizeRowFn dequantize = kernels().dequantize_row[model.token_embd.type];
+    const auto *embd = static_cast<const uint8_t *>(model.token_embd.data);  // [n_vocab, row_stride bytes]
     for (int64_t t = 0; t < n_tokens; ++t) {
-        const auto *row = static_cast<const uint8_t *>(model.token_embd.data) + size_t(tokens[t]) * model.token_embd.row_stride;
-        dequantize(row, s.x.data() + t * n_embd, n_embd);
+        dequantize(embd + size_t(tokens[t]) * model.token_embd.row_stride, s.x.data() + t * n_embd, n_embd);
     }
 
     const AttentionShape shape{h.n_head, h.n_head_kv, h.head_dim};

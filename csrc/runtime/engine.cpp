@@ -57,7 +57,9 @@ public:
     }
 
     void decode(const int32_t *tokens, int n_tokens, float *logits_out, int n_logits) override {
-        if (n_tokens < 1) throw std::invalid_argument("decode: need at least one token, got " + std::to_string(n_tokens));
+        if (n_tokens < 1) {
+            throw std::invalid_argument("decode: need at least one token, got " + std::to_string(n_tokens));
+        }
         if (n_logits < 0 || n_logits > n_tokens) {
             throw std::invalid_argument("decode: n_logits " + std::to_string(n_logits) + " is outside [0, " +
                                         std::to_string(n_tokens) + "] (the batch's token count)");

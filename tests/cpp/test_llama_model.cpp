@@ -86,7 +86,8 @@ void test_last_logits() {
         auto other = engine->new_session(32);
         std::vector<float> last(size_t(n_logits * n_vocab));
         other->decode(tokens.data(), 10, last.data(), n_logits);
-        CHECK_MSG(std::memcmp(last.data(), all.data() + size_t((10 - n_logits) * n_vocab), last.size() * sizeof(float)) == 0,
+        const float *expected = all.data() + size_t((10 - n_logits) * n_vocab);
+        CHECK_MSG(std::memcmp(last.data(), expected, last.size() * sizeof(float)) == 0,
                   "the last %d row(s) differ from a full decode", n_logits);
     }
 }
@@ -123,7 +124,8 @@ void test_errors() {
     const auto nine = some_tokens(9, engine->n_vocab(), 4);
     CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 9, logits.data(), 9), "exceed the context of 8");
     CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 0, logits.data(), 0), "at least one token");
-    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 2, logits.data(), 3), "n_logits 3 is outside [0, 2]");
+    CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 2, logits.data(), 3),
+                 "n_logits 3 is outside [0, 2]");
     CHECK_THROWS(std::invalid_argument, session->decode(nine.data(), 2, logits.data(), -1), "n_logits -1");
     CHECK(session->n_past() == 0);
     session->decode(nine.data(), 8, nullptr, 0);
