@@ -4,6 +4,7 @@
 // rewind). Closeness to the float64 reference is tests/python/test_llama_model.py's job.
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "check.h"
@@ -112,6 +113,29 @@ void test_rewind() {
     CHECK(session->n_past() == 0);
 }
 
+// Sessions of one engine decoding at the same time on several threads (they share the weights and the pool)
+// get the bits they get alone.
+void test_shared_engine() {
+    auto engine = Engine::load(kModel, 2);
+    const int n_vocab = engine->n_vocab();
+    std::vector<std::vector<int32_t>> inputs;
+    std::vector<std::vector<float>> alone, together(3);
+    for (int i = 0; i < 3; ++i) {
+        inputs.push_back(some_tokens(24, n_vocab, 10 + i));
+        auto session = engine->new_session(32);
+        alone.push_back(decode_in_chunks(*session, inputs.back(), n_vocab, {5}));
+    }
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < 3; ++i) {
+        threads.emplace_back([&, i] {
+            auto session = engine->new_session(32);
+            together[i] = decode_in_chunks(*session, inputs[i], n_vocab, {1, 2});
+        });
+    }
+    for (auto &thread : threads) thread.join();
+    for (size_t i = 0; i < 3; ++i) CHECK_MSG(same_bits(together[i], alone[i]), "session %zu differs", i);
+}
+
 void test_errors() {
     auto engine = Engine::load(kModel, 1);
     auto session = engine->new_session(8);
@@ -144,6 +168,7 @@ int main() {
     test_batch_invariance();
     test_last_logits();
     test_rewind();
+    test_shared_engine();
     test_errors();
     return test::exit_code("test_llama_model");
 }
