@@ -42,8 +42,8 @@ public:
 class Engine {
 public:
     // Maps the GGUF file at `path` and validates it for its architecture (llama, qwen2): hyperparameters and
-    // every tensor's name, shape and type. Throws flashmtp::GGUFError (a std::runtime_error) naming the file,
-    // the tensor or key, and expected vs found. n_threads >= 1 counts the calling thread.
+    // every tensor's name, shape and type. Throws flashmtp::GGUFError (core/error.h; a std::runtime_error)
+    // naming the file, the tensor or key, and expected vs found. n_threads >= 1 counts the calling thread.
     static std::shared_ptr<Engine> load(const std::string &path, int n_threads = 1);
     virtual ~Engine() = default;
 
