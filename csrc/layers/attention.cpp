@@ -4,6 +4,28 @@
 
 namespace flashmtp {
 
+namespace {
+
+// dot(a, b) over n floats in kLanes interleaved partial sums, added pairwise at the end: a fixed order (so
+// the same bits for a query whatever its batch) that the compiler can keep in vector registers, which a
+// single running sum, without -ffast-math, forbids.
+constexpr int64_t kLanes = 8;
+
+float dot_lanes(const float *a, const float *b, int64_t n) {
+    float lanes[kLanes] = {};
+    int64_t d = 0;
+    for (; d + kLanes <= n; d += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += a[d + l] * b[d + l];
+    }
+    for (; d < n; ++d) lanes[d % kLanes] += a[d] * b[d];
+    for (int64_t width = kLanes / 2; width > 0; width /= 2) {
+        for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+    }
+    return lanes[0];
+}
+
+}  // namespace
+
 void attention_reserve(AttentionScratch &scratch, int n_threads, int64_t n_ctx) {
     scratch.scores.assign(size_t(n_threads) * size_t(n_ctx), 0.0f);
     scratch.n_ctx = n_ctx;
@@ -26,10 +48,7 @@ void attention(const AttentionShape &shape, const float *q, const float *k_cache
 
         float max_score = -INFINITY;
         for (int64_t j = 0; j < n_keys; ++j) {
-            const float *kj = k + j * kv_stride;
-            float dot = 0.0f;
-            for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * kj[d];
-            scores[j] = dot * scale;
+            scores[j] = dot_lanes(qh, k + j * kv_stride, head_dim) * scale;
             if (scores[j] > max_score) max_score = scores[j];
         }
         float sum = 0.0f;
