@@ -5,11 +5,13 @@ itself checked bit-exact against the gguf package): RMSNorm with the file's eps,
 the layout llama.cpp uses for the architecture (llama: interleaved pairs, since the converter permutes Q and
 K; qwen2: halves), grouped-query causal attention, SwiGLU, tied or untied output.
 
-Our matmul quantizes activations to Q8_0 before multiplying Q4_0/Q8_0 weights (as llama.cpp does), which
-moves logits by about 1% of their spread on random weights. So two comparisons:
-- against the exact reference: top-1 agreement and max |diff| relative to the logits' standard deviation;
-- against the reference that rounds activations through Q8_0 at the same points: a tight bound, which catches
-  any real mistake (a wrong RoPE layout or head mapping moves logits by O(std)).
+Our matmul quantizes activations (Q8_0 for the 32-element types, Q8_K for the k-quants, as llama.cpp does),
+which moves logits by about 1% of their spread on random weights. So two comparisons:
+- against the exact reference: top-1 agreement and |diff| (RMS, max) relative to the logits' spread;
+- against the reference that rounds activations the same way at the same points: a tight bound (1e-5 of the
+  spread), which catches any real mistake (a wrong RoPE layout or head mapping moves logits by O(std)).
+Files: the shipped tiny-llama; a tiny random qwen2 written here; real SmolLM2-135M and Qwen2.5-Coder-0.5B
+(fetched through pip, skipped when unreachable), where only the first comparison applies (see below).
 """
 
 from __future__ import annotations
