@@ -15,5 +15,6 @@ PYBIND11_MODULE(_core, m) {
     flashmtp::bind_kernels(m);
     flashmtp::bind_gguf(m);
     flashmtp::bind_matmul(m);
+    flashmtp::bind_model(m);
     flashmtp::bind_sampler(m);
 }

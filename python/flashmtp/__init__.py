@@ -5,5 +5,6 @@ The native core lives in ``flashmtp._core``; this package is the thin Python lay
 
 from flashmtp import gguf
 from flashmtp._core import GGUFError, __version__
+from flashmtp.model import Model
 
-__all__ = ["GGUFError", "__version__", "gguf"]
+__all__ = ["GGUFError", "Model", "__version__", "gguf"]

@@ -1,0 +1,118 @@
+// Engine and Session: the public API over the model code. The engine picks the loader by the file's
+// general.architecture and owns the mapping and the thread pool; a session owns one LlamaState and checks
+// every input before the forward pass sees it.
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "core/gguf.h"
+#include "core/thread_pool.h"
+#include "flashmtp.h"
+#include "models/llama.h"
+
+namespace flashmtp {
+
+namespace {
+
+class EngineImpl final : public Engine, public std::enable_shared_from_this<EngineImpl> {
+public:
+    EngineImpl(std::shared_ptr<GGUFFile> file, int n_threads)
+        : file_(std::move(file)), architecture_(file_->get_string("general.architecture")),
+          model_(load_model(*file_, architecture_)), pool_(n_threads) {}
+
+    const std::string &architecture() const override { return architecture_; }
+    int n_vocab() const override { return int(model_.hparams.n_vocab); }
+    int n_embd() const override { return int(model_.hparams.n_embd); }
+    int n_layer() const override { return int(model_.hparams.n_layer); }
+    int n_head() const override { return int(model_.hparams.n_head); }
+    int n_head_kv() const override { return int(model_.hparams.n_head_kv); }
+    int n_ff() const override { return int(model_.hparams.n_ff); }
+    int n_ctx_train() const override { return int(model_.hparams.n_ctx_train); }
+    int n_threads() const override { return pool_.n_threads(); }
+
+    std::unique_ptr<Session> new_session(int n_ctx) const override;
+
+    const LlamaModel &model() const { return model_; }
+    // The pool serialises concurrent jobs itself, so sessions on several threads may share it.
+    ThreadPool &pool() const { return pool_; }
+
+private:
+    static LlamaModel load_model(const GGUFFile &file, const std::string &arch) {
+        if (arch == "llama") return llama_load_llama(file);
+        if (arch == "qwen2") return qwen2_load(file);
+        throw GGUFError(file.path() + ": architecture '" + arch + "' is not supported (supported: llama, qwen2)");
+    }
+
+    std::shared_ptr<GGUFFile> file_;  // the mapping every weight view points into
+    std::string architecture_;
+    LlamaModel model_;
+    mutable ThreadPool pool_;
+};
+
+class SessionImpl final : public Session {
+public:
+    SessionImpl(std::shared_ptr<const EngineImpl> engine, int n_ctx) : engine_(std::move(engine)) {
+        llama_state_init(engine_->model(), state_, n_ctx, engine_->n_threads());
+    }
+
+    void decode(const int32_t *tokens, int n_tokens, float *logits_out, int n_logits) override {
+        if (n_tokens < 1) {
+            throw std::invalid_argument("decode: need at least one token, got " + std::to_string(n_tokens));
+        }
+        if (n_logits < 0 || n_logits > n_tokens) {
+            throw std::invalid_argument("decode: n_logits " + std::to_string(n_logits) + " is outside [0, " +
+                                        std::to_string(n_tokens) + "] (the batch's token count)");
+        }
+        if (int64_t(n_past_) + n_tokens > state_.n_ctx) {
+            throw std::invalid_argument("decode: " + std::to_string(n_tokens) + " token(s) after " +
+                                        std::to_string(n_past_) + " past position(s) exceed the context of " +
+                                        std::to_string(state_.n_ctx));
+        }
+        const int n_vocab = this->n_vocab();
+        for (int t = 0; t < n_tokens; ++t) {
+            if (tokens[t] < 0 || tokens[t] >= n_vocab) {
+                throw std::invalid_argument("decode: token id " + std::to_string(tokens[t]) + " at index " +
+                                            std::to_string(t) + " is outside the vocabulary [0, " +
+                                            std::to_string(n_vocab) + ")");
+            }
+        }
+        llama_forward(engine_->model(), state_, tokens, n_tokens, n_past_, n_logits, logits_out, engine_->pool());
+        n_past_ += n_tokens;
+    }
+
+    int n_past() const override { return n_past_; }
+
+    // Cache rows at n_past and beyond are simply overwritten by the next decode before anything reads them
+    // (a query reads rows up to its own position only), so truncating the position is an exact rewind.
+    void rewind(int n_past) override {
+        if (n_past < 0 || n_past > n_past_) {
+            throw std::invalid_argument("rewind: position " + std::to_string(n_past) + " is outside [0, " +
+                                        std::to_string(n_past_) + "]");
+        }
+        n_past_ = n_past;
+    }
+
+    int n_ctx() const override { return int(state_.n_ctx); }
+    int n_vocab() const override { return engine_->n_vocab(); }
+    size_t state_size() const override { return (state_.k_cache.size() + state_.v_cache.size()) * sizeof(float); }
+
+private:
+    std::shared_ptr<const EngineImpl> engine_;
+    LlamaState state_;
+    int n_past_ = 0;
+};
+
+std::unique_ptr<Session> EngineImpl::new_session(int n_ctx) const {
+    if (n_ctx < 0) throw std::invalid_argument("new_session: n_ctx " + std::to_string(n_ctx) + " is negative");
+    return std::make_unique<SessionImpl>(shared_from_this(), n_ctx == 0 ? n_ctx_train() : n_ctx);
+}
+
+}  // namespace
+
+std::shared_ptr<Engine> Engine::load(const std::string &path, int n_threads) {
+    if (n_threads < 1) throw std::invalid_argument("Engine::load: n_threads " + std::to_string(n_threads) + " < 1");
+    return std::make_shared<EngineImpl>(GGUFFile::open(path), n_threads);
+}
+
+}  // namespace flashmtp
