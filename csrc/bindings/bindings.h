@@ -14,6 +14,7 @@ namespace flashmtp {
 void bind_kernels(pybind11::module_ &m);  // kernel_bindings.cpp: dtypes, ISA, quantize/dequantize
 void bind_matmul(pybind11::module_ &m);   // matmul_bindings.cpp: thread pool, matmul, vec_dot, bandwidth
 void bind_gguf(pybind11::module_ &m);     // gguf_bindings.cpp: GGUFFile, metadata, tensor views, summary
+void bind_tokenizer(pybind11::module_ &m);  // tokenizer_bindings.cpp: Tokenizer, TokenTextStream
 
 // Bytes of a row of n elements of type t. ValueError (naming `what`) unless n is a non-negative multiple of
 // the block size whose row size fits in memory.

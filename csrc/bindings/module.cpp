@@ -15,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
     flashmtp::bind_kernels(m);
     flashmtp::bind_gguf(m);
     flashmtp::bind_matmul(m);
+    flashmtp::bind_tokenizer(m);
 }
