@@ -47,12 +47,16 @@ void bind_tokenizer(py::module_ &m) {
         .def("encode", &Tokenizer::encode, py::arg("text"), py::arg("add_special") = true,
              py::arg("parse_special") = false, py::call_guard<py::gil_scoped_release>(),
              "Token ids of text (str or UTF-8 bytes)")
-        .def("decode", [](const Tokenizer &t, const std::vector<int32_t> &ids) { return utf8_to_str(t.decode(ids)); },
-             py::arg("ids"))
-        .def("decode_bytes", [](const Tokenizer &t, const std::vector<int32_t> &ids) { return py::bytes(t.decode(ids)); },
-             py::arg("ids"))
-        .def("token_bytes", [](const Tokenizer &t, int32_t id) { return py::bytes(t.token_bytes(id)); }, py::arg("id"))
-        .def("token_text", [](const Tokenizer &t, int32_t id) { return utf8_to_str(t.token_text(id)); }, py::arg("id"))
+        .def("decode",
+             [](const Tokenizer &t, const std::vector<int32_t> &ids) { return utf8_to_str(t.decode(ids)); },
+             py::arg("ids"), "Text of ids (invalid UTF-8 replaced by U+FFFD)")
+        .def("decode_bytes",
+             [](const Tokenizer &t, const std::vector<int32_t> &ids) { return py::bytes(t.decode(ids)); },
+             py::arg("ids"), "Exact bytes of ids")
+        .def("token_bytes", [](const Tokenizer &t, int32_t id) { return py::bytes(t.token_bytes(id)); },
+             py::arg("id"))
+        .def("token_text", [](const Tokenizer &t, int32_t id) { return utf8_to_str(t.token_text(id)); },
+             py::arg("id"), "The token as stored in the GGUF file")
         .def("token_type", [](const Tokenizer &t, int32_t id) { return int(t.token_type(id)); }, py::arg("id"))
         .def_property_readonly("n_vocab", &Tokenizer::n_vocab)
         .def_property_readonly("bos_id", &Tokenizer::bos_id)

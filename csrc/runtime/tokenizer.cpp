@@ -222,12 +222,14 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
         }
         t.ids_.emplace(token.text, int32_t(id));  // on duplicate texts the first id wins
         if ((token.type == TOKEN_TYPE_CONTROL || token.type == TOKEN_TYPE_USER_DEFINED) && !token.text.empty()) {
-            t.special_ids_.push_back(int32_t(id));
+            t.specials_by_first_byte_[uint8_t(token.text[0])].push_back(int32_t(id));
         }
     }
-    std::stable_sort(t.special_ids_.begin(), t.special_ids_.end(), [&](int32_t a, int32_t b) {
-        return t.tokens_[a].text.size() > t.tokens_[b].text.size();
-    });
+    for (std::vector<int32_t> &specials : t.specials_by_first_byte_) {
+        std::stable_sort(specials.begin(), specials.end(), [&](int32_t a, int32_t b) {
+            return t.tokens_[a].text.size() > t.tokens_[b].text.size();
+        });
+    }
 
     // Vocabularies may lack the tokens of bytes that never occur in their training text (SmolLM2 has none
     // for 0x04 or 0xFF): such bytes are dropped when encoding, as the Hugging Face BPE without an unknown
@@ -278,11 +280,11 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
     std::vector<int32_t> out;
     if (add_special && add_bos_) out.push_back(bos_id_);
-    // Leftmost-longest special-token matches cut the text into plain spans (special_ids_ is longest first).
+    // Leftmost-longest special-token matches cut the text into plain spans.
     size_t plain_begin = 0;
     for (size_t pos = 0; pos < text.size();) {
         int32_t found = -1;
-        for (const int32_t id : special_ids_) {
+        for (const int32_t id : specials_by_first_byte_[uint8_t(text[pos])]) {
             const Token &token = tokens_[id];
             if (token.type == TOKEN_TYPE_CONTROL && !parse_special) continue;
             if (text.compare(pos, token.text.size(), token.text) == 0) {

@@ -84,7 +84,9 @@ private:
     std::unordered_map<std::string, int32_t> ids_;     // token text -> id
     std::unordered_map<uint64_t, Merge> merges_;       // pair_key(left, right) -> merge
     int32_t byte_tokens_[256];                         // id of each byte's one-character token, or -1
-    std::vector<int32_t> special_ids_;                 // control and user-defined tokens, longest text first
+    // Control and user-defined tokens by the first byte of their text, longest text first in each: a text
+    // position is compared only with the specials that can start there.
+    std::vector<int32_t> specials_by_first_byte_[256];
     TokenizerPre pre_ = TOKENIZER_PRE_GPT2;
     bool ignore_merges_ = false;  // llama 3: a word that is itself a token is that token, merged or not
     int32_t bos_id_ = -1;
