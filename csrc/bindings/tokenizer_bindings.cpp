@@ -30,6 +30,7 @@ const char *pre_name(TokenizerPre pre) {
         case TOKENIZER_PRE_SMOLLM: return "smollm";
         case TOKENIZER_PRE_QWEN2: return "qwen2";
         case TOKENIZER_PRE_LLAMA3: return "llama-bpe";
+        case TOKENIZER_PRE_DEEPSEEK3: return "deepseek-v3";
     }
     return "?";
 }

@@ -10,44 +10,88 @@
 namespace flashmtp {
 
 // ---- pre-tokenizers ------------------------------------------------------------------------------------------------
-// Each splits a span of text (already free of special tokens) into words, exactly as the model's regex does
-// in the Hugging Face tokenizer, but hand-written over character classes: std::regex has no \p{..}, and a
-// matcher per pattern is simpler and faster than a general engine. The regexes are quoted above each matcher.
+// Each splits a span of text (already free of special tokens) into words, exactly as the model's regexes do
+// in its Hugging Face tokenizer (a sequence of Split(pattern, "isolated") steps), but hand-written over
+// character classes: std::regex has no \p{..}, and a matcher per pattern is simpler and faster than a
+// general engine. The patterns are quoted above their matchers.
 
 namespace {
 
-// The classes the patterns distinguish. Whitespace (\s) is tested before category: no letter or number is
-// whitespace, and U+0085 (category Cc) is.
-enum CharClass : uint8_t { CHAR_LETTER, CHAR_NUMBER, CHAR_SPACE, CHAR_OTHER };
-
 struct DecodedText {
-    std::vector<uint32_t> cpts;    // [n] code points (UNICODE_INVALID for a byte that is not valid UTF-8)
-    std::vector<CharClass> class_; // [n]
-    std::vector<size_t> offsets;   // [n + 1] byte offset of each code point, then the text's size
+    std::vector<uint32_t> cpts;              // [n] code points (UNICODE_INVALID for a byte that is not UTF-8)
+    std::vector<UnicodeCategory> categories; // [n]
+    std::vector<bool> spaces;                // [n] \s, i.e. White_Space (U+0085 is one, of category C)
+    std::vector<size_t> offsets;             // [n + 1] byte offset of each code point, then the text's size
+
+    bool letter(size_t i) const { return categories[i] == UNICODE_LETTER; }
+    bool number(size_t i) const { return categories[i] == UNICODE_NUMBER; }
+    bool space(size_t i) const { return spaces[i]; }
+    bool newline(size_t i) const { return cpts[i] == '\r' || cpts[i] == '\n'; }
+    bool punct_or_symbol(size_t i) const {
+        return categories[i] == UNICODE_PUNCTUATION || categories[i] == UNICODE_SYMBOL;
+    }
+    // [^\s\p{L}\p{N}]
+    bool other(size_t i) const { return !spaces[i] && !letter(i) && !number(i); }
 };
 
 DecodedText decode_text(std::string_view text) {
     DecodedText d;
     d.cpts.reserve(text.size());
-    d.class_.reserve(text.size());
+    d.categories.reserve(text.size());
+    d.spaces.reserve(text.size());
     d.offsets.reserve(text.size() + 1);
     for (size_t pos = 0; pos < text.size();) {
         uint32_t cpt;
         const size_t len = utf8_decode(text, pos, cpt);
-        CharClass cls = CHAR_OTHER;
-        if (unicode_is_whitespace(cpt)) {
-            cls = CHAR_SPACE;
-        } else {
-            const UnicodeCategory cat = unicode_category(cpt);
-            cls = cat == UNICODE_LETTER ? CHAR_LETTER : cat == UNICODE_NUMBER ? CHAR_NUMBER : CHAR_OTHER;
-        }
         d.cpts.push_back(cpt);
-        d.class_.push_back(cls);
+        d.categories.push_back(unicode_category(cpt));
+        d.spaces.push_back(unicode_is_whitespace(cpt));
         d.offsets.push_back(pos);
         pos += len;
     }
     d.offsets.push_back(text.size());
     return d;
+}
+
+// A matcher returns the end of the match starting at code point i of a span ending at `end`, or i if no
+// alternative of its pattern matches there.
+using Matcher = size_t (*)(const DecodedText &d, size_t i, size_t end);
+
+// Appends the word ends of d[begin, end) under one pattern. As in a Split(pattern, "isolated"), each match
+// is a word and so is each stretch of text between matches.
+void split_pattern(const DecodedText &d, size_t begin, size_t end, Matcher match, std::vector<size_t> &ends) {
+    size_t unmatched = begin;  // start of text no match has covered yet
+    for (size_t i = begin; i < end;) {
+        const size_t j = match(d, i, end);
+        if (j == i) {
+            ++i;
+            continue;
+        }
+        if (unmatched < i) ends.push_back(i);
+        ends.push_back(j);
+        i = unmatched = j;
+    }
+    if (unmatched < end) ends.push_back(end);
+}
+
+// Isolates the runs of code points that satisfy `member` (cut into runs of at most max_run) and passes
+// the text between them to `rest`, which splits it further: the first steps of a sequence of Splits.
+// Later patterns see each piece on its own, so a lookahead like (?!\S) sees a piece's end as the text's end.
+template <typename Member, typename Rest>
+void split_isolating(size_t begin, size_t end, Member member, size_t max_run, Rest rest, std::vector<size_t> &ends) {
+    size_t gap = begin;
+    for (size_t i = begin; i < end;) {
+        if (!member(i)) {
+            ++i;
+            continue;
+        }
+        if (gap < i) rest(gap, i);
+        size_t j = i + 1;
+        while (j < end && j - i < max_run && member(j)) ++j;
+        ends.push_back(j);
+        i = gap = j;
+    }
+    if (gap < end) rest(gap, end);
 }
 
 // The regexes' \s+(?!\S)|\s+ at a whitespace run [i, run_end) inside a span ending at `end`: a run followed
@@ -56,105 +100,136 @@ size_t match_space_run(size_t i, size_t run_end, size_t end) {
     return (run_end == end || run_end - i == 1) ? run_end : run_end - 1;
 }
 
-// GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// Returns the end of the word starting at i, within [i, end).
-size_t match_gpt2(const DecodedText &d, size_t i, size_t end) {
-    const auto &c = d.cpts;
-    const auto &cls = d.class_;
-    if (c[i] == '\'' && i + 1 < end) {
-        const uint32_t n1 = c[i + 1];
-        if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd') return i + 2;
-        if (i + 2 < end) {
-            const uint32_t n2 = c[i + 2];
-            if ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l')) return i + 3;
-        }
+// 's|'t|'re|'ve|'m|'ll|'d, optionally ignoring ASCII case: the match's end, or i.
+size_t match_contraction(const DecodedText &d, size_t i, size_t end, bool ignore_case) {
+    if (d.cpts[i] != '\'' || i + 1 >= end) return i;
+    const auto fold = [&](size_t p) {
+        const uint32_t c = d.cpts[p];
+        return (ignore_case && c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+    };
+    const uint32_t c1 = fold(i + 1);
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return i + 2;
+    if (i + 2 < end) {
+        const uint32_t c2 = fold(i + 2);
+        if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return i + 3;
     }
-    // One leading space joins a following letter, number or symbol run.
-    const size_t k = (c[i] == ' ' && i + 1 < end && cls[i + 1] != CHAR_SPACE) ? i + 1 : i;
-    size_t j = k + 1;
-    while (j < end && cls[j] == cls[k]) ++j;
-    return cls[k] == CHAR_SPACE ? match_space_run(i, j, end) : j;
+    return i;
 }
 
-// Qwen2 and llama 3 (which takes up to 3 digits where Qwen2 takes 1):
+// GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+size_t match_gpt2(const DecodedText &d, size_t i, size_t end) {
+    if (const size_t j = match_contraction(d, i, end, false); j != i) return j;
+    // One leading space joins a following letter, number or symbol run.
+    const size_t k = (d.cpts[i] == ' ' && i + 1 < end && !d.space(i + 1)) ? i + 1 : i;
+    const auto same_class = [&](size_t p) {
+        return d.space(k) ? d.space(p) : d.letter(k) ? d.letter(p) : d.number(k) ? d.number(p) : d.other(p);
+    };
+    size_t j = k + 1;
+    while (j < end && same_class(j)) ++j;
+    return d.space(k) ? match_space_run(i, j, end) : j;
+}
+
+// Llama 3 and (with one digit where llama 3 takes up to 3) Qwen2:
 // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-size_t match_llama3(const DecodedText &d, size_t i, size_t end, size_t max_digits) {
-    const auto &c = d.cpts;
-    const auto &cls = d.class_;
-    const auto lower = [](uint32_t x) { return (x >= 'A' && x <= 'Z') ? x + ('a' - 'A') : x; };
-    const auto is_newline = [&](size_t p) { return c[p] == '\r' || c[p] == '\n'; };
-    if (c[i] == '\'' && i + 1 < end) {
-        const uint32_t n1 = lower(c[i + 1]);
-        if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd') return i + 2;
-        if (i + 2 < end) {
-            const uint32_t n2 = lower(c[i + 2]);
-            if ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l')) return i + 3;
-        }
-    }
+template <size_t MAX_DIGITS>
+size_t match_llama3(const DecodedText &d, size_t i, size_t end) {
+    if (const size_t j = match_contraction(d, i, end, true); j != i) return j;
     // A letter run, taking along one preceding character that is not a newline, letter or number.
-    size_t letters = end;
-    if (cls[i] == CHAR_LETTER) {
-        letters = i;
-    } else if (cls[i] != CHAR_NUMBER && !is_newline(i) && i + 1 < end && cls[i + 1] == CHAR_LETTER) {
-        letters = i + 1;
-    }
-    if (letters != end) {
-        size_t j = letters + 1;
-        while (j < end && cls[j] == CHAR_LETTER) ++j;
+    if (d.letter(i) || (!d.number(i) && !d.newline(i) && i + 1 < end && d.letter(i + 1))) {
+        size_t j = i + 1;
+        while (j < end && d.letter(j)) ++j;
         return j;
     }
-    if (cls[i] == CHAR_NUMBER) {
+    if (d.number(i)) {
         size_t j = i + 1;
-        while (j < end && j - i < max_digits && cls[j] == CHAR_NUMBER) ++j;
+        while (j < end && j - i < MAX_DIGITS && d.number(j)) ++j;
         return j;
     }
     // Symbols, with one leading space and any newlines right after.
-    const size_t k = (c[i] == ' ' && i + 1 < end && cls[i + 1] == CHAR_OTHER) ? i + 1 : i;
-    if (cls[k] == CHAR_OTHER) {
+    const size_t k = (d.cpts[i] == ' ' && i + 1 < end && d.other(i + 1)) ? i + 1 : i;
+    if (d.other(k)) {
         size_t j = k + 1;
-        while (j < end && cls[j] == CHAR_OTHER) ++j;
-        while (j < end && is_newline(j)) ++j;
+        while (j < end && d.other(j)) ++j;
+        while (j < end && d.newline(j)) ++j;
         return j;
     }
     // Whitespace: up to and including its last newline, if it has one.
     size_t j = i + 1;
-    while (j < end && cls[j] == CHAR_SPACE) ++j;
+    while (j < end && d.space(j)) ++j;
     for (size_t p = j; p > i; --p) {
-        if (is_newline(p - 1)) return p;
+        if (d.newline(p - 1)) return p;
     }
     return match_space_run(i, j, end);
 }
 
-// Word boundaries (code point indices, each word ending at one) of d's code points [begin, end).
-void split_words(TokenizerPre pre, const DecodedText &d, size_t begin, size_t end, std::vector<size_t> &ends) {
-    for (size_t i = begin; i < end;) {
-        switch (pre) {
-            case TOKENIZER_PRE_GPT2:
-                i = match_gpt2(d, i, end);
-                break;
-            case TOKENIZER_PRE_SMOLLM: {
-                // \p{N} first: every number character is a word, and the GPT-2 pattern splits the text
-                // between them (its lookahead sees each such piece's end as the end of the text).
-                size_t piece_end = i;
-                while (piece_end < end && d.class_[piece_end] != CHAR_NUMBER) ++piece_end;
-                if (piece_end == i) {
-                    i = i + 1;
-                } else {
-                    while (i < piece_end) {
-                        i = match_gpt2(d, i, piece_end);
-                        if (i < piece_end) ends.push_back(i);
-                    }
-                }
-                break;
-            }
-            case TOKENIZER_PRE_QWEN2:
-                i = match_llama3(d, i, end, 1);
-                break;
-            case TOKENIZER_PRE_LLAMA3:
-                i = match_llama3(d, i, end, 3);
-                break;
+// DeepSeek V3, after numbers (\p{N}{1,3}) and CJK/kana runs are isolated:
+// [!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*
+// |\s*[\r\n]+|\s+(?!\S)|\s+
+size_t match_deepseek3(const DecodedText &d, size_t i, size_t end) {
+    const auto ascii_letter = [&](size_t p) {
+        const uint32_t c = d.cpts[p];
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    };
+    const auto ascii_punct = [&](size_t p) {
+        const uint32_t c = d.cpts[p];
+        return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') || (c >= '{' && c <= '~');
+    };
+    const auto letter_or_mark = [&](size_t p) { return d.letter(p) || d.categories[p] == UNICODE_MARK; };
+    if (ascii_punct(i) && i + 1 < end && ascii_letter(i + 1)) {
+        size_t j = i + 2;
+        while (j < end && ascii_letter(j)) ++j;
+        return j;
+    }
+    if (letter_or_mark(i) ||
+        (!d.newline(i) && !d.letter(i) && !d.punct_or_symbol(i) && i + 1 < end && letter_or_mark(i + 1))) {
+        size_t j = i + 1;
+        while (j < end && letter_or_mark(j)) ++j;
+        return j;
+    }
+    const size_t k = (d.cpts[i] == ' ' && i + 1 < end && d.punct_or_symbol(i + 1)) ? i + 1 : i;
+    if (d.punct_or_symbol(k)) {
+        size_t j = k + 1;
+        while (j < end && d.punct_or_symbol(j)) ++j;
+        while (j < end && d.newline(j)) ++j;
+        return j;
+    }
+    if (!d.space(i)) return i;  // numbers, controls, format characters: no alternative matches
+    size_t j = i + 1;
+    while (j < end && d.space(j)) ++j;
+    for (size_t p = j; p > i; --p) {
+        if (d.newline(p - 1)) return p;
+    }
+    return match_space_run(i, j, end);
+}
+
+// [一-龥぀-ゟ゠-ヿ]: CJK ideographs U+4E00..U+9FA5, hiragana and katakana U+3040..U+30FF.
+bool cjk_or_kana(uint32_t c) { return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x30FF); }
+
+// Appends the code point index at which each word of d ends.
+void split_words(TokenizerPre pre, const DecodedText &d, std::vector<size_t> &ends) {
+    const size_t n = d.cpts.size();
+    const auto number = [&](size_t i) { return d.number(i); };
+    switch (pre) {
+        case TOKENIZER_PRE_GPT2:
+            split_pattern(d, 0, n, match_gpt2, ends);
+            break;
+        case TOKENIZER_PRE_SMOLLM:  // \p{N}, then GPT-2's pattern
+            split_isolating(0, n, number, 1, [&](size_t b, size_t e) { split_pattern(d, b, e, match_gpt2, ends); },
+                            ends);
+            break;
+        case TOKENIZER_PRE_QWEN2:
+            split_pattern(d, 0, n, match_llama3<1>, ends);
+            break;
+        case TOKENIZER_PRE_LLAMA3:
+            split_pattern(d, 0, n, match_llama3<3>, ends);
+            break;
+        case TOKENIZER_PRE_DEEPSEEK3: {  // \p{N}{1,3}, then CJK and kana runs, then the main pattern
+            const auto cjk = [&](size_t i) { return cjk_or_kana(d.cpts[i]); };
+            const auto main_pattern = [&](size_t b, size_t e) { split_pattern(d, b, e, match_deepseek3, ends); };
+            const auto rest = [&](size_t b, size_t e) { split_isolating(b, e, cjk, SIZE_MAX, main_pattern, ends); };
+            split_isolating(0, n, number, 3, rest, ends);
+            break;
         }
-        ends.push_back(i);
     }
 }
 
@@ -184,9 +259,12 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
         t.pre_ = TOKENIZER_PRE_LLAMA3;
         t.ignore_merges_ = true;
         default_add_bos = true;
+    } else if (pre == "deepseek-v3") {
+        t.pre_ = TOKENIZER_PRE_DEEPSEEK3;
+        default_add_bos = true;
     } else {
         fail(file, "tokenizer.ggml.pre \"" + pre +
-                       "\" is not supported (supported: gpt2, smollm, qwen2, llama-bpe)");
+                       "\" is not supported (supported: gpt2, smollm, qwen2, llama-bpe, deepseek-v3)");
     }
 
     const std::vector<std::string> &texts = file.get_array("tokenizer.ggml.tokens", GGUF_TYPE_STRING).array_strings();
@@ -308,8 +386,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, 
 void Tokenizer::encode_plain(std::string_view text, std::vector<int32_t> &out) const {
     if (text.empty()) return;
     const DecodedText d = decode_text(text);
-    std::vector<size_t> ends;
-    split_words(pre_, d, 0, d.cpts.size(), ends);
+    std::vector<size_t> ends;  // code point index where each word ends, in order
+    split_words(pre_, d, ends);
     size_t begin = 0;
     for (const size_t end : ends) {
         encode_word(text.substr(d.offsets[begin], d.offsets[end] - d.offsets[begin]), out);

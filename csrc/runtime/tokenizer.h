@@ -6,7 +6,8 @@
 // Does not own: chat templates, sampling, the model.
 //
 // Supported tokenizer.ggml.pre values: "gpt2", "smollm" (gpt2 with every digit its own word), "qwen2",
-// "llama-bpe" (llama 3). Others are refused with an error naming them, rather than tokenized wrongly.
+// "llama-bpe" (llama 3), "deepseek-v3". Others are refused with an error naming them, rather than
+// tokenized wrongly.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +36,7 @@ enum TokenizerPre {
     TOKENIZER_PRE_SMOLLM,
     TOKENIZER_PRE_QWEN2,
     TOKENIZER_PRE_LLAMA3,
+    TOKENIZER_PRE_DEEPSEEK3,
 };
 
 class Tokenizer {

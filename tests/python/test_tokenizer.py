@@ -23,6 +23,13 @@ GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+# DeepSeek V3's tokenizer.json: three Splits in sequence.
+DEEPSEEK3_PATTERNS = (
+    r"\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
 
 
 @functools.cache
@@ -57,6 +64,10 @@ def oracle_tokenizer(path, parse_special: bool):
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    elif pre == "deepseek-v3":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            *(pre_tokenizers.Split(Regex(p), behavior="isolated", invert=False) for p in DEEPSEEK3_PATTERNS),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         raise AssertionError(f"no oracle for tokenizer.ggml.pre {pre!r}")
     tok.decoder = decoders.ByteLevel()
@@ -86,7 +97,7 @@ FRAGMENTS = [
     "https://example.com/path?q=1&r=2", "C:\\Users\\x", "...", "!!!", "?!", "---", "***", "___", "~~",
     " ", "  ", "   ", "\t", "\t\t", "\n", "\n\n", "\r\n", " \n ", "\xa0", "\u3000", "\u2009", "\u200b",
     "\x0b", "\x0c", "\x85", "\u2028", "\x1c", "\x00", "\x7f", "\ufeff", "́", "é", "\ud7ff", "𝐀",
-    "\U0010fffd", "\ue000",
+    "\U0010fffd", "\ue000", "\x01\x02", "x.y", ".com", "。", "ー", "漢字かなカナ", "123456789", "中1文",
 ]
 SEPARATORS = ["", " ", "  ", "\n", "\t", " \n", "\r\n", ", ", ". ", "   \n\n", "\u00a0"]
 
@@ -110,7 +121,7 @@ def varied_strings(specials: list[str], n: int = 520, seed: int = 0) -> list[str
         out.append("".join(parts))
     # Dense mixes of the characters the patterns treat differently, to reach their corner cases.
     tricky = [*"aZé日1٣ ''sStTlLdDrReEvV.,!?-_<|>\n\r\t", "\u00a0", "\u3000", "\x85", "\x0b", "😀", "\u0301",
-              "<|im_start|>", "<|endoftext|>"]
+              "<|im_start|>", "<|endoftext|>", "\x01", "\u200b", "。", "日", "か", "ー"]
     for _ in range(n):
         out.append("".join(rng.choice(tricky) for _ in range(rng.randint(1, 24))))
     return out
@@ -182,10 +193,11 @@ def test_tiny_llama_matches_oracle():
     check_against_oracle(TINY_LLAMA)
 
 
-@pytest.mark.parametrize("pre", ["gpt2", "llama-bpe"])
+@pytest.mark.parametrize("pre", ["gpt2", "llama-bpe", "deepseek-v3"])
 def test_other_pre_tokenizers_on_the_smollm2_vocabulary(smollm2_path, tmp_path, pre):
-    # No llama 3 model is at hand: SmolLM2's 49k-token vocabulary with another tokenizer.ggml.pre exercises
-    # the plain GPT-2 pattern and the llama 3 one (numbers in runs of up to 3, whole-word tokens unmerged).
+    # No llama 3 or DeepSeek model is at hand: SmolLM2's 49k-token vocabulary with another tokenizer.ggml.pre
+    # exercises the plain GPT-2 pattern, llama 3's (numbers in runs of up to 3, whole-word tokens unmerged)
+    # and DeepSeek V3's (numbers, then CJK and kana runs, isolated before the main pattern).
     path = write_tokenizer_gguf(tmp_path / f"{pre}.gguf", gguf_tokenizer_fields(smollm2_path), pre)
     assert _core.Tokenizer.from_gguf(path).pre == pre
     check_against_oracle(path)
