@@ -124,6 +124,12 @@ def varied_strings(specials: list[str], n: int = 520, seed: int = 0) -> list[str
               "<|im_start|>", "<|endoftext|>", "\x01", "\u200b", "。", "日", "か", "ー"]
     for _ in range(n):
         out.append("".join(rng.choice(tricky) for _ in range(rng.randint(1, 24))))
+    # Code points from every plane, assigned or not: checks the category table (Unicode 16.0, as the
+    # oracle's regex engine) rather than the patterns.
+    for _ in range(n):
+        cpts = (rng.choice([rng.randint(0, 0x2FFF), rng.randint(0x3000, 0x33FFF), rng.randint(0, 0x10FFFF)])
+                for _ in range(rng.randint(1, 8)))
+        out.append("".join(chr(c) for c in cpts if not 0xD800 <= c <= 0xDFFF))
     return out
 
 
