@@ -140,13 +140,16 @@ def check_against_oracle(path, n_strings: int = 520) -> None:
     specials = [t for t, ty in zip(tokens, types, strict=True)
                 if ty in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)]
     strings = varied_strings(specials, n_strings)
+    # Bytes the vocabulary has no token for are dropped (by both), so only text without them round-trips.
+    dropped = {b for b in range(256) if not ours.encode(bytes([b]), add_special=False)}
     for parse_special in (False, True):
         oracle = oracle_tokenizer(path, parse_special)
         for s in strings:
             expected = oracle.encode(s, add_special_tokens=False).ids
             got = ours.encode(s, add_special=False, parse_special=parse_special)
             assert got == expected, f"{s!r} (parse_special={parse_special}): {got} != oracle {expected}"
-            assert ours.decode(got) == s, f"round trip of {s!r}"
+            if not dropped.intersection(s.encode()):
+                assert ours.decode(got) == s, f"round trip of {s!r}"
 
 
 # ---- tests -------------------------------------------------------------------------------------------------
