@@ -1,7 +1,6 @@
 #include "runtime/tokenizer.h"
 
 #include <algorithm>
-#include <cstring>
 #include <queue>
 #include <stdexcept>
 
@@ -281,7 +280,12 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
     for (size_t id = 0; id < texts.size(); ++id) {
         Token &token = t.tokens_[id];
         token.text = texts[id];
-        token.type = types ? TokenType(types->array_i64(id, "tokenizer.ggml.token_type")) : TOKEN_TYPE_NORMAL;
+        const int64_t type = types ? types->array_i64(id, "tokenizer.ggml.token_type") : int64_t(TOKEN_TYPE_NORMAL);
+        if (type < TOKEN_TYPE_UNDEFINED || type > TOKEN_TYPE_BYTE) {
+            fail(file, "tokenizer.ggml.token_type[" + std::to_string(id) + "] = " + std::to_string(type) +
+                           " is not a token type (0..6)");
+        }
+        token.type = TokenType(type);
         if (token.type == TOKEN_TYPE_CONTROL || token.type == TOKEN_TYPE_USER_DEFINED ||
             token.type == TOKEN_TYPE_UNUSED || token.type == TOKEN_TYPE_UNKNOWN) {
             token.bytes = token.text;  // stored as plain text, not in the byte-level alphabet
@@ -326,12 +330,14 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
         // "left right": byte-level token texts hold no plain space, so the first space after the first
         // character separates them.
         const size_t space = merge.find(' ', 1);
-        const std::string problem = "tokenizer.ggml.merges[" + std::to_string(rank) + "] \"" + merge + "\"";
-        if (space == std::string::npos) fail(file, problem + " is not two tokens separated by a space");
+        const auto fail_merge = [&](const char *problem) {
+            fail(file, "tokenizer.ggml.merges[" + std::to_string(rank) + "] \"" + merge + "\" " + problem);
+        };
+        if (space == std::string::npos) fail_merge("is not two tokens separated by a space");
         const std::string left = merge.substr(0, space), right = merge.substr(space + 1);
         const auto l = t.ids_.find(left), r = t.ids_.find(right), m = t.ids_.find(left + right);
         if (l == t.ids_.end() || r == t.ids_.end() || m == t.ids_.end()) {
-            fail(file, problem + " names a token that is not in tokenizer.ggml.tokens");
+            fail_merge("names a token that is not in tokenizer.ggml.tokens");
         }
         t.merges_.emplace(pair_key(l->second, r->second), Merge{int32_t(rank), m->second});  // first rank wins
     }

@@ -171,7 +171,7 @@ def qwen2_path():
 TINY_LLAMA = "models/tiny-llama.gguf"
 
 
-def write_tokenizer_gguf(path, fields: dict, pre: str) -> str:
+def write_tokenizer_gguf(path, fields: dict, pre: str, add_bos: bool | None = None) -> str:
     """A GGUF holding only tokenizer metadata: `fields` (tokenizer.ggml.*) with tokenizer.ggml.pre = pre."""
     import gguf
 
@@ -183,6 +183,8 @@ def write_tokenizer_gguf(path, fields: dict, pre: str) -> str:
     writer.add_token_merges(fields["tokenizer.ggml.merges"])
     writer.add_bos_token_id(int(fields["tokenizer.ggml.bos_token_id"]))
     writer.add_eos_token_id(int(fields["tokenizer.ggml.eos_token_id"]))
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -224,10 +226,14 @@ def test_smollm2_metadata_and_specials(smollm2_path):
     assert t.decode(plain) == t.decode(with_specials) == text
 
 
-def test_add_special_prepends_bos_when_the_model_asks():
-    t = _core.Tokenizer.from_gguf(TINY_LLAMA)
-    ids = t.encode("the token", add_special=True)
-    assert ids == t.encode("the token", add_special=False) if not t.add_bos else ids[0] == t.bos_id
+def test_add_special_prepends_bos_when_the_model_asks(tmp_path):
+    fields = gguf_tokenizer_fields(TINY_LLAMA)
+    t = _core.Tokenizer.from_gguf(TINY_LLAMA)  # no tokenizer.ggml.add_bos_token: gpt2 vocabularies add none
+    assert not t.add_bos and t.encode("the token") == t.encode("the token", add_special=False)
+    t = _core.Tokenizer.from_gguf(write_tokenizer_gguf(tmp_path / "bos.gguf", fields, "gpt2", add_bos=True))
+    plain = t.encode("the token", add_special=False)
+    assert t.add_bos and t.encode("the token") == [t.bos_id, *plain]
+    assert t.encode("", add_special=True) == [t.bos_id]
 
 
 def test_invalid_utf8_bytes_round_trip(smollm2_path):
