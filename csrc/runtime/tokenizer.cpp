@@ -420,7 +420,8 @@ void Tokenizer::encode_word(std::string_view word, std::vector<int32_t> &out) co
     };
     struct Candidate {
         int32_t rank, left, right;
-        int32_t left_id, right_id;
+        int32_t left_id, right_id;  // the pair as queued, to recognise stale candidates
+        int32_t result;
         bool operator>(const Candidate &o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
     };
     std::vector<Symbol> symbols;  // [bytes of word that have a token]
@@ -439,7 +440,9 @@ void Tokenizer::encode_word(std::string_view word, std::vector<int32_t> &out) co
         if (left < 0 || symbols[left].next < 0) return;
         const int32_t right = symbols[left].next;
         const auto it = merges_.find(pair_key(symbols[left].id, symbols[right].id));
-        if (it != merges_.end()) queue.push({it->second.rank, left, right, symbols[left].id, symbols[right].id});
+        if (it != merges_.end()) {
+            queue.push({it->second.rank, left, right, symbols[left].id, symbols[right].id, it->second.result});
+        }
     };
     for (int32_t i = 0; i + 1 < n; ++i) push_pair(i);
     while (!queue.empty()) {
@@ -448,7 +451,7 @@ void Tokenizer::encode_word(std::string_view word, std::vector<int32_t> &out) co
         Symbol &left = symbols[c.left];
         if (left.id != c.left_id || left.next != c.right || symbols[c.right].id != c.right_id) continue;
         Symbol &right = symbols[c.right];
-        left.id = merges_.at(pair_key(c.left_id, c.right_id)).result;
+        left.id = c.result;
         left.next = right.next;
         if (right.next >= 0) symbols[right.next].prev = c.left;
         right.id = -1;
