@@ -8,6 +8,12 @@
 // Supported tokenizer.ggml.pre values: "gpt2", "smollm" (gpt2 with every digit its own word), "qwen2",
 // "llama-bpe" (llama 3), "deepseek-v3". Others are refused with an error naming them, rather than
 // tokenized wrongly.
+//
+// The reference is the Hugging Face tokenizer built from the same vocabulary and merges (tests/python/
+// test_tokenizer.py checks ids are identical). Where llama.cpp differs from it in corner cases, this follows
+// Hugging Face: special tokens match leftmost-longest (llama.cpp cuts out the longest specials first, wherever
+// they are), and a byte the vocabulary has no token for is dropped before merging (llama.cpp drops it after).
+// Like llama.cpp, no Unicode normalization is applied (Qwen2's tokenizer.json asks for NFC).
 #pragma once
 
 #include <cstdint>
