@@ -86,7 +86,9 @@ private:
     void encode_plain(std::string_view text, std::vector<int32_t> &out) const;
     // Appends the BPE tokens of one pre-tokenizer word.
     void encode_word(std::string_view word, std::vector<int32_t> &out) const;
-    static uint64_t pair_key(int32_t left, int32_t right) { return (uint64_t(uint32_t(left)) << 32) | uint32_t(right); }
+    static uint64_t pair_key(int32_t left, int32_t right) {
+        return (uint64_t(uint32_t(left)) << 32) | uint32_t(right);
+    }
 
     std::vector<Token> tokens_;                        // [n_vocab]
     std::unordered_map<std::string, int32_t> ids_;     // token text -> id
