@@ -13,9 +13,7 @@ struct CategoryRange {
     UnicodeCategory category;
 };
 
-constexpr CategoryRange CATEGORY_RANGES[] = {
 #include "runtime/unicode_data.inc"
-};
 
 // Printable bytes that GPT-2's alphabet keeps as themselves: '!'..'~', U+00A1..U+00AC, U+00AE..U+00FF.
 constexpr bool byte_is_printable(int b) {
@@ -62,7 +60,7 @@ bool unicode_is_whitespace(uint32_t cpt) {
     }
 }
 
-const char *unicode_version() { return FLASHMTP_UNICODE_VERSION; }
+const char *unicode_version() { return UNICODE_DATA_VERSION; }
 
 size_t utf8_decode(std::string_view text, size_t pos, uint32_t &cpt) {
     const auto byte = [&](size_t i) { return uint8_t(text[i]); };
