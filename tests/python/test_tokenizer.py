@@ -192,6 +192,11 @@ def write_tokenizer_gguf(path, fields: dict, pre: str, add_bos: bool | None = No
     return str(path)
 
 
+def test_unicode_tables_match_the_oracle_version():
+    # The oracle's regex engine (Oniguruma in tokenizers) classifies code points by Unicode 16.0.
+    assert _core.unicode_version == "16.0.0"
+
+
 def test_smollm2_matches_oracle(smollm2_path):
     check_against_oracle(smollm2_path)
 
