@@ -18,4 +18,5 @@ PYBIND11_MODULE(_core, m) {
     flashmtp::bind_model(m);
     flashmtp::bind_sampler(m);
     flashmtp::bind_tokenizer(m);
+    flashmtp::bind_generate(m);
 }

@@ -1,14 +1,22 @@
 // flashmtp-cli: the compiled command line (no Python). One function per subcommand, listed in kCommands;
-// every error ends as a message on stderr and exit status 1.
+// a wrong command line ends as a message and the usage on stderr and exit status 2 (as argparse does), every
+// other error as a message on stderr and exit status 1.
+#include <chrono>
 #include <cstdio>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/gguf.h"
 #include "core/gguf_summary.h"
 #include "flashmtp.h"
+#include "runtime/generate.h"
+#include "runtime/tokenizer.h"
 
 namespace {
 
@@ -26,6 +34,68 @@ int cmd_info(const Args &args) {
     return 0;
 }
 
+// The whole of `text` as a number of type T (strtoll / strtod), else a UsageError naming the option.
+template <typename T>
+T parse_number(const std::string &option, const std::string &text) {
+    char *end = nullptr;
+    errno = 0;
+    T value;
+    if constexpr (std::is_floating_point_v<T>) {
+        value = T(std::strtod(text.c_str(), &end));
+    } else {
+        const long long v = std::strtoll(text.c_str(), &end, 10);
+        value = T(v);
+        if (T(v) != v || (v < 0 && std::is_unsigned_v<T>)) errno = ERANGE;
+    }
+    if (text.empty() || *end != '\0' || errno == ERANGE) {
+        throw UsageError{option + " expects a number, got '" + text + "'"};
+    }
+    return value;
+}
+
+int cmd_run(const Args &args) {
+    std::string model, prompt;
+    bool have_prompt = false;
+    int n_threads = 2;
+    flashmtp::GenerateParams params;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string &a = args[i];
+        if (i + 1 >= args.size()) throw UsageError{"unknown option or missing value: '" + a + "'"};
+        const std::string &v = args[++i];
+        if (a == "-m" || a == "--model") model = v;
+        else if (a == "-p" || a == "--prompt") prompt = v, have_prompt = true;
+        else if (a == "-n" || a == "--max-tokens") params.max_tokens = parse_number<int>(a, v);
+        else if (a == "--temp") params.sampler.temperature = parse_number<float>(a, v);
+        else if (a == "--top-k") params.sampler.top_k = parse_number<int32_t>(a, v);
+        else if (a == "--top-p") params.sampler.top_p = parse_number<float>(a, v);
+        else if (a == "--min-p") params.sampler.min_p = parse_number<float>(a, v);
+        else if (a == "--seed") params.sampler.seed = parse_number<uint64_t>(a, v);
+        else if (a == "-t" || a == "--threads") n_threads = parse_number<int>(a, v);
+        else if (a == "-c" || a == "--ctx") params.n_ctx = parse_number<int>(a, v);
+        else throw UsageError{"unknown option '" + a + "'"};
+    }
+    if (model.empty() || !have_prompt) throw UsageError{"run needs -m MODEL and -p PROMPT"};
+    if (n_threads < 1) throw UsageError{"-t expects a thread count >= 1, got " + std::to_string(n_threads)};
+
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto engine = flashmtp::Engine::load(model, n_threads);
+    const auto tokenizer = flashmtp::Tokenizer::from_gguf(*flashmtp::GGUFFile::open(model));
+    const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    const flashmtp::GenerateStats stats =
+        flashmtp::generate(*engine, tokenizer, prompt, params, [](const std::string &piece) {
+            std::fwrite(piece.data(), 1, piece.size(), stdout);
+            std::fflush(stdout);
+        });
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    std::fprintf(stderr, "load:      %.3f s\n", load_s);
+    std::fprintf(stderr, "prompt:    %d tokens, %.2f tokens/s\n", stats.n_prompt, stats.prompt_tokens_per_s());
+    std::fprintf(stderr, "generated: %d tokens, %.2f tokens/s%s\n", stats.n_generated,
+                 stats.generated_tokens_per_s(), stats.stopped_at_eos ? " (stopped at EOS)" : "");
+    return 0;
+}
+
 struct Command {
     const char *name;
     const char *usage;
@@ -36,6 +106,8 @@ struct Command {
 const Command kCommands[] = {
     {"info", "info MODEL.gguf", "summarise a GGUF model (the first part of a split model opens all parts)",
      cmd_info},
+    {"run", "run -m MODEL -p PROMPT", "generate text: [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M]"
+     " [--seed S] [-t THREADS] [-c CTX]", cmd_run},
 };
 
 void print_help(FILE *out) {
@@ -49,7 +121,7 @@ int main(int argc, char **argv) {
     const Args args(argv + 1, argv + argc);
     if (args.empty()) {
         print_help(stderr);
-        return 1;
+        return 2;
     }
     if (args[0] == "--help" || args[0] == "-h") {
         print_help(stdout);
@@ -65,6 +137,7 @@ int main(int argc, char **argv) {
             return c.run(Args(args.begin() + 1, args.end()));
         } catch (const UsageError &e) {
             std::fprintf(stderr, "flashmtp-cli: %s\nusage: flashmtp-cli %s\n", e.message.c_str(), c.usage);
+            return 2;
         } catch (const std::exception &e) {
             std::fprintf(stderr, "flashmtp-cli %s: error: %s\n", c.name, e.what());
         }
@@ -72,5 +145,5 @@ int main(int argc, char **argv) {
     }
     std::fprintf(stderr, "flashmtp-cli: unknown command '%s'\n", args[0].c_str());
     print_help(stderr);
-    return 1;
+    return 2;
 }

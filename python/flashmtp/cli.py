@@ -1,4 +1,5 @@
-"""The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp bench kernels``."""
+"""The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
+``flashmtp bench kernels``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,33 @@ def _run_bench_kernels(args: argparse.Namespace) -> int:
     return run_bench_kernels(args)
 
 
+def _run_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from flashmtp.model import Model
+
+    try:
+        t0 = time.perf_counter()
+        model = Model(args.model, threads=args.threads)
+        load_s = time.perf_counter() - t0
+        for piece in model.generate(args.prompt, max_tokens=args.n, temperature=args.temp, top_k=args.top_k,
+                                    top_p=args.top_p, min_p=args.min_p, seed=args.seed, stream=True,
+                                    n_ctx=args.ctx):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except (ValueError, OSError) as e:  # GGUFError is a ValueError
+        print(f"flashmtp run: error: {e}", file=sys.stderr)
+        return 1
+    print()
+    stats = model.last_stats
+    eos = " (stopped at EOS)" if stats.stopped_at_eos else ""
+    print(f"load:      {load_s:.3f} s", file=sys.stderr)
+    print(f"prompt:    {stats.n_prompt} tokens, {stats.prompt_tokens_per_s:.2f} tokens/s", file=sys.stderr)
+    print(f"generated: {stats.n_generated} tokens, {stats.generated_tokens_per_s:.2f} tokens/s{eos}",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashmtp", description="flashmtp: local MoE runtime with MTP")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -26,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="summarise a GGUF model file")
     info.add_argument("model", help="path to a .gguf file (the first part of a split model)")
     info.set_defaults(run=_run_info)
+
+    run = sub.add_parser("run", help="generate text from a prompt")
+    run.add_argument("-m", "--model", required=True, help="path to a .gguf file")
+    run.add_argument("-p", "--prompt", required=True)
+    run.add_argument("-n", "--max-tokens", dest="n", type=int, default=128, help="tokens to generate at most")
+    run.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
+    run.add_argument("--top-k", type=int, default=40, help="0 disables")
+    run.add_argument("--top-p", type=float, default=0.95, help="1 disables")
+    run.add_argument("--min-p", type=float, default=0.05, help="0 disables")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("-t", "--threads", type=int, default=2)
+    run.add_argument("-c", "--ctx", type=int, default=0, help="context positions (0: prompt + max tokens)")
+    run.set_defaults(run=_run_generate)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)

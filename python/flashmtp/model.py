@@ -6,13 +6,19 @@
     session.rewind(1)                                                # keep the first token only
     next_logits = session.decode([4, 5], n_logits=1)                 # float32 [1, n_vocab]: token 5's
 
+    text = model.generate("Once upon a time", max_tokens=32, temperature=0)   # greedy
+    for piece in model.generate("Once upon a time", stream=True): ...         # text as it is sampled
+    model.last_stats                                                          # token counts and timings
+
 Supported architectures: llama, qwen2. A malformed or unsupported file raises :class:`flashmtp.GGUFError`;
 bad token ids, a full context or a bad rewind position raise ``ValueError``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterator, Sequence
 
 from flashmtp import _core
 
@@ -25,6 +31,14 @@ class Model:
     def __init__(self, path: str | os.PathLike[str], threads: int = 2) -> None:
         self.path = os.fspath(path)
         self.engine = _core.Engine(self.path, threads)
+        #: Statistics of the latest generate() call (for stream=True: once its iterator is exhausted).
+        self.last_stats: _core.GenerateStats | None = None
+
+    @functools.cached_property
+    def tokenizer(self) -> _core.Tokenizer:
+        """The file's tokenizer, read on first use: a file without tokenizer.ggml.* metadata still runs
+        token ids (GGUFError only when text is asked for)."""
+        return _core.Tokenizer.from_gguf(self.path)
 
     @property
     def architecture(self) -> str:
@@ -47,6 +61,36 @@ class Model:
         ``state_size`` bytes.
         """
         return self.engine.session(0 if n_ctx is None else n_ctx)
+
+    def tokenize(self, text: str | bytes, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of text; add_special prepends BOS when the model asks for it, parse_special matches
+        control-token text such as ``<|im_start|>`` as those tokens."""
+        return self.tokenizer.encode(text, add_special, parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids (invalid UTF-8 replaced by U+FFFD)."""
+        return self.tokenizer.decode(list(ids))
+
+    def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, min_p: float = 0.05, seed: int = 0, stream: bool = False,
+                 n_ctx: int | None = None) -> str | Iterator[str]:
+        """Continue prompt by up to max_tokens sampled tokens (fewer if EOS is sampled) on a fresh session.
+
+        temperature 0 is greedy. A seed gives the same text on every run. Returns the text, or with
+        ``stream=True`` an iterator of its pieces (whole UTF-8 characters) as they are sampled. n_ctx
+        (default: exactly prompt + max_tokens) must hold prompt + max_tokens, else ``ValueError`` naming the
+        numbers; bad sampler settings raise ``ValueError`` too. Statistics end up in :attr:`last_stats`.
+        """
+        generation = _core.Generation(self.engine, self.tokenizer, prompt, max_tokens, n_ctx or 0,
+                                      temperature, top_k, top_p, min_p, seed)
+        pieces = self._run(generation)
+        return pieces if stream else "".join(pieces)
+
+    def _run(self, generation: _core.Generation) -> Iterator[str]:
+        while (piece := generation.step()) is not None:
+            if piece:
+                yield piece
+        self.last_stats = generation.stats
 
     def __repr__(self) -> str:
         e = self.engine

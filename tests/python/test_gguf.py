@@ -466,4 +466,4 @@ def test_compiled_cli_usage(cli_binary: str) -> None:
     assert "info MODEL.gguf" in run([cli_binary, "--help"]).stdout
     for args in ([], ["bogus"], ["info"], ["info", "a", "b"]):
         result = run([cli_binary, *args])
-        assert result.returncode == 1 and result.stderr, args
+        assert result.returncode == 2 and result.stderr, args

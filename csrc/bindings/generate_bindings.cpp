@@ -1,0 +1,72 @@
+// The generation loop (runtime/generate.h) for Python: _core.Generation, stepped by flashmtp.Model.generate
+// (one step per token, the GIL released while the model runs), and its statistics.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+#include "bindings.h"
+#include "flashmtp.h"
+#include "runtime/generate.h"
+#include "runtime/tokenizer.h"
+
+namespace py = pybind11;
+
+namespace flashmtp {
+
+void bind_generate(py::module_ &m) {
+    py::class_<GenerateStats>(m, "GenerateStats", "Token counts and timings of one generation.")
+        .def_readonly("n_prompt", &GenerateStats::n_prompt, "prompt tokens, BOS included")
+        .def_readonly("n_generated", &GenerateStats::n_generated, "sampled tokens, an ending EOS included")
+        .def_readonly("stopped_at_eos", &GenerateStats::stopped_at_eos)
+        .def_readonly("prefill_s", &GenerateStats::prefill_s, "seconds of the prompt's decode")
+        .def_readonly("generate_s", &GenerateStats::generate_s, "seconds of sampling and decoding after it")
+        .def_property_readonly("prompt_tokens_per_s", &GenerateStats::prompt_tokens_per_s)
+        .def_property_readonly("generated_tokens_per_s", &GenerateStats::generated_tokens_per_s)
+        .def("__repr__", [](const GenerateStats &s) {
+            return "GenerateStats(n_prompt=" + std::to_string(s.n_prompt) + ", n_generated=" +
+                   std::to_string(s.n_generated) + ", prefill_s=" + std::to_string(s.prefill_s) +
+                   ", generate_s=" + std::to_string(s.generate_s) + ")";
+        });
+
+    // The generation keeps a reference to its tokenizer (keep_alive); its session keeps the engine alive.
+    py::class_<Generation>(m, "Generation", "One prompt's generation over a fresh session, stepped per token.")
+        .def(py::init([](const Engine &engine, const Tokenizer &tokenizer, const std::string &prompt,
+                         int max_tokens, int n_ctx, float temperature, int top_k, float top_p, float min_p,
+                         uint64_t seed, bool add_special, bool parse_special) {
+                 GenerateParams p;
+                 p.max_tokens = max_tokens;
+                 p.n_ctx = n_ctx;
+                 p.add_special = add_special;
+                 p.parse_special = parse_special;
+                 p.sampler.temperature = temperature;
+                 p.sampler.top_k = top_k;
+                 p.sampler.top_p = top_p;
+                 p.sampler.min_p = min_p;
+                 p.sampler.seed = seed;
+                 return std::make_unique<Generation>(engine, tokenizer, prompt, p);
+             }),
+             py::arg("engine"), py::arg("tokenizer"), py::arg("prompt"), py::arg("max_tokens"), py::arg("n_ctx"),
+             py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("seed"),
+             py::arg("add_special") = true, py::arg("parse_special") = false, py::keep_alive<1, 3>())
+        .def("step",
+             [](Generation &g) -> py::object {
+                 std::string piece;
+                 bool more;
+                 {
+                     py::gil_scoped_release release;
+                     more = g.step(piece);
+                 }
+                 if (!more) return py::none();
+                 // Whole characters only (TokenTextStream); bytes that are not UTF-8 at all become U+FFFD.
+                 PyObject *o = PyUnicode_DecodeUTF8(piece.data(), Py_ssize_t(piece.size()), "replace");
+                 if (!o) throw py::error_already_set();
+                 return py::reinterpret_steal<py::str>(o);
+             },
+             "The next token's text (possibly ''), or None once generation has ended.")
+        .def_property_readonly("tokens", &Generation::prompt_tokens, "prompt tokens, then generated ones")
+        .def_property_readonly("stats", &Generation::stats);
+}
+
+}  // namespace flashmtp
