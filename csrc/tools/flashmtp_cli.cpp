@@ -34,20 +34,27 @@ int cmd_info(const Args &args) {
     return 0;
 }
 
-// The whole of `text` as a number of type T (strtoll / strtod), else a UsageError naming the option.
+// The whole of `text` as a number of type T (float, or a signed or unsigned integer up to 64 bits), else a
+// UsageError naming the option.
 template <typename T>
 T parse_number(const std::string &option, const std::string &text) {
     char *end = nullptr;
     errno = 0;
+    bool in_range = true;
     T value;
     if constexpr (std::is_floating_point_v<T>) {
         value = T(std::strtod(text.c_str(), &end));
+    } else if constexpr (std::is_unsigned_v<T>) {
+        in_range = text.find('-') == std::string::npos;  // strtoull would wrap "-1" around
+        const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+        value = T(v);
+        in_range = in_range && value == v;
     } else {
         const long long v = std::strtoll(text.c_str(), &end, 10);
         value = T(v);
-        if (T(v) != v || (v < 0 && std::is_unsigned_v<T>)) errno = ERANGE;
+        in_range = value == v;
     }
-    if (text.empty() || *end != '\0' || errno == ERANGE) {
+    if (text.empty() || *end != '\0' || errno == ERANGE || !in_range) {
         throw UsageError{option + " expects a number, got '" + text + "'"};
     }
     return value;
@@ -75,7 +82,6 @@ int cmd_run(const Args &args) {
         else throw UsageError{"unknown option '" + a + "'"};
     }
     if (model.empty() || !have_prompt) throw UsageError{"run needs -m MODEL and -p PROMPT"};
-    if (n_threads < 1) throw UsageError{"-t expects a thread count >= 1, got " + std::to_string(n_threads)};
 
     const auto t0 = std::chrono::steady_clock::now();
     const auto engine = flashmtp::Engine::load(model, n_threads);

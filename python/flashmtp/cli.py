@@ -19,6 +19,13 @@ def _run_bench_kernels(args: argparse.Namespace) -> int:
     return run_bench_kernels(args)
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     import time
 
@@ -63,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=40, help="0 disables")
     run.add_argument("--top-p", type=float, default=0.95, help="1 disables")
     run.add_argument("--min-p", type=float, default=0.05, help="0 disables")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=_non_negative_int, default=0)
     run.add_argument("-t", "--threads", type=int, default=2)
     run.add_argument("-c", "--ctx", type=int, default=0, help="context positions (0: prompt + max tokens)")
     run.set_defaults(run=_run_generate)
