@@ -65,7 +65,7 @@ void bind_generate(py::module_ &m) {
                  return py::reinterpret_steal<py::str>(o);
              },
              "The next token's text (possibly ''), or None once generation has ended.")
-        .def_property_readonly("tokens", &Generation::prompt_tokens, "prompt tokens, then generated ones")
+        .def_property_readonly("tokens", &Generation::tokens, "prompt tokens, then generated ones")
         .def_property_readonly("stats", &Generation::stats);
 }
 

@@ -51,7 +51,7 @@ public:
     // it. Returns false, leaving `piece` alone, once generation has ended.
     bool step(std::string &piece);
 
-    const std::vector<int32_t> &prompt_tokens() const { return tokens_; }  // then the generated ones
+    const std::vector<int32_t> &tokens() const { return tokens_; }  // the prompt's, then the generated ones
     const GenerateStats &stats() const { return stats_; }
 
 private:

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -61,8 +62,8 @@ T parse_number(const std::string &option, const std::string &text) {
 }
 
 int cmd_run(const Args &args) {
-    std::string model, prompt;
-    bool have_prompt = false;
+    std::string model;
+    std::optional<std::string> prompt;  // "" is a prompt (BOS only), so absence is tracked apart
     int n_threads = 2;
     flashmtp::GenerateParams params;
     for (size_t i = 0; i < args.size(); ++i) {
@@ -70,7 +71,7 @@ int cmd_run(const Args &args) {
         if (i + 1 >= args.size()) throw UsageError{"unknown option or missing value: '" + a + "'"};
         const std::string &v = args[++i];
         if (a == "-m" || a == "--model") model = v;
-        else if (a == "-p" || a == "--prompt") prompt = v, have_prompt = true;
+        else if (a == "-p" || a == "--prompt") prompt = v;
         else if (a == "-n" || a == "--max-tokens") params.max_tokens = parse_number<int>(a, v);
         else if (a == "--temp") params.sampler.temperature = parse_number<float>(a, v);
         else if (a == "--top-k") params.sampler.top_k = parse_number<int32_t>(a, v);
@@ -81,7 +82,7 @@ int cmd_run(const Args &args) {
         else if (a == "-c" || a == "--ctx") params.n_ctx = parse_number<int>(a, v);
         else throw UsageError{"unknown option '" + a + "'"};
     }
-    if (model.empty() || !have_prompt) throw UsageError{"run needs -m MODEL and -p PROMPT"};
+    if (model.empty() || !prompt) throw UsageError{"run needs -m MODEL and -p PROMPT"};
 
     const auto t0 = std::chrono::steady_clock::now();
     const auto engine = flashmtp::Engine::load(model, n_threads);
@@ -89,7 +90,7 @@ int cmd_run(const Args &args) {
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     const flashmtp::GenerateStats stats =
-        flashmtp::generate(*engine, tokenizer, prompt, params, [](const std::string &piece) {
+        flashmtp::generate(*engine, tokenizer, *prompt, params, [](const std::string &piece) {
             std::fwrite(piece.data(), 1, piece.size(), stdout);
             std::fflush(stdout);
         });

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flashmtp import _core
 from flashmtp.model import Model
 from flashmtp.testing.models import fetch_or_skip
 
@@ -26,14 +27,18 @@ def tiny() -> Model:
     return Model(TINY, threads=2)
 
 
-def oracle_greedy(model: Model, prompt: str, max_tokens: int) -> list[int]:
-    """Greedy continuation of prompt: prefill, then argmax/decode until max_tokens or EOS."""
+def oracle(model: Model, prompt: str, max_tokens: int, sampler: _core.Sampler | None = None) -> list[int]:
+    """Continuation of prompt: prefill, then pick/decode until max_tokens or EOS. Picks the argmax, or with a
+    sampler samples each token at its absolute position with everything before it as history."""
     tokens = model.tokenize(prompt)
     session = model.session(n_ctx=len(tokens) + max_tokens)
     logits = session.decode(np.array(tokens, dtype=np.int32), n_logits=1)[0]
     out: list[int] = []
     while len(out) < max_tokens:
-        token = int(np.argmax(logits))
+        if sampler is None:
+            token = int(np.argmax(logits))
+        else:
+            token = sampler.sample(logits, tokens + out, len(tokens) + len(out))
         out.append(token)
         if token == model.tokenizer.eos_id:
             break
@@ -43,7 +48,7 @@ def oracle_greedy(model: Model, prompt: str, max_tokens: int) -> list[int]:
 
 def test_greedy_matches_oracle(tiny: Model) -> None:
     text = tiny.generate(PROMPT, max_tokens=24, temperature=0)
-    ids = oracle_greedy(tiny, PROMPT, 24)
+    ids = oracle(tiny, PROMPT, 24)
     expected = tiny.detokenize([i for i in ids if i != tiny.tokenizer.eos_id])
     assert text == expected
     assert tiny.generate(PROMPT, max_tokens=24, temperature=0) == text
@@ -58,6 +63,8 @@ def test_seeded_sampling(tiny: Model) -> None:
     c = tiny.generate(PROMPT, max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=2)
     assert a == b
     assert a != c
+    ids = oracle(tiny, PROMPT, 24, _core.Sampler(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1))
+    assert a == tiny.detokenize([i for i in ids if i != tiny.tokenizer.eos_id])
 
 
 def test_stream_joins_to_text(tiny: Model) -> None:
