@@ -43,7 +43,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
         print(f"flashmtp run: error: {e}", file=sys.stderr)
         return 1
-    print()
+    print(flush=True)  # end the text line before the stats on stderr
     stats = model.last_stats
     eos = " (stopped at EOS)" if stats.stopped_at_eos else ""
     print(f"load:      {load_s:.3f} s", file=sys.stderr)
