@@ -135,9 +135,12 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void *ctx) {
 
 void ThreadPool::run_tasks(int thread_index) {
     RunningPoolScope scope(this);
+    const TaskFn fn = job_fn_;
+    void *const ctx = job_ctx_;
+    const int64_t n_tasks = job_n_tasks_;
     int64_t i = next_task_.fetch_add(1);
     try {
-        for (; i < job_n_tasks_; i = next_task_.fetch_add(1)) job_fn_(job_ctx_, i, thread_index);
+        for (; i < n_tasks; i = next_task_.fetch_add(1)) fn(ctx, i, thread_index);
     } catch (...) {
         job_errors_[size_t(thread_index)] = {std::current_exception(), i};
     }

@@ -66,7 +66,10 @@ private:
     std::vector<TaskError> job_errors_;  // [n_threads_], one slot per thread: no locking needed
 
     std::atomic<uint64_t> generation_{0};  // bumped once per job; workers wait for it to change
-    std::atomic<int64_t> next_task_{0};    // the next unclaimed task of the current job
+    // The next unclaimed task of the current job, alone on its cache line: every claim takes the line, which
+    // must not evict the job fields and flags the other threads read.
+    alignas(64) std::atomic<int64_t> next_task_{0};
+    char next_task_padding_[64 - sizeof(std::atomic<int64_t>)];
     std::atomic<bool> job_open_{false};    // workers may join the current job
     std::atomic<int> n_active_{0};         // workers that may be reading the job (counted before job_open_)
     std::atomic<int> n_sleeping_{0};       // workers blocked on wake_cv_ (the caller notifies only if > 0)
