@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--pp", type=int, default=128, help="prefill batch size")
     decode.add_argument("--tg", type=int, default=64, help="single-token decodes per generation run")
     decode.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median)")
+    # The bandwidth probe's buffer (far above the last-level cache); the smoke test shrinks it.
+    decode.add_argument("--bandwidth-mb", type=float, default=1024.0, help=argparse.SUPPRESS)
     decode.set_defaults(run=_run_bench_decode)
     return parser
 

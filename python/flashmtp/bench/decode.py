@@ -48,7 +48,8 @@ def measure(model: Model, n_pp: int, n_tg: int, repeats: int) -> tuple[float, fl
 def run_bench_decode(args: argparse.Namespace) -> int:
     threads = [int(t) for t in str(args.threads).split(",")]
     per_token = weight_bytes_per_token(args.model)
-    bandwidth = {n: _core.read_bandwidth(1 << 30, _core.ThreadPool(n), 3) for n in threads}
+    probe_bytes = int(args.bandwidth_mb * 1e6)
+    bandwidth = {n: _core.read_bandwidth(probe_bytes, _core.ThreadPool(n), 3) for n in threads}
     print(f"model {args.model}: {per_token / 1e6:.1f} MB of weights per generated token")
     print(f"{'threads':>7} {'pp' + str(args.pp) + ' t/s':>11} {'tg' + str(args.tg) + ' t/s':>11} "
           f"{'read GB/s':>9} {'roofline t/s':>12} {'tg/roofline':>11}")
