@@ -1,4 +1,9 @@
-// Worker hand-off: a generation counter announces each job. Threads spin on it for a short while, so the
+// Worker hand-off: a generation counter announces each job; tasks are then claimed from next_task_. The job
+// is closed (job_open_ false) once the caller finds no task left, and the caller returns when no worker is
+// still counted in n_active_: a worker counts itself before checking job_open_, so with sequentially
+// consistent atomics either the caller sees the count and waits, or the worker sees the job closed and never
+// touches it (the caller's job context lives on the caller's stack). A worker slow to wake thus costs nothing.
+// Threads spin on it for a short while, so the
 // back-to-back jobs of a decode step (one per layer operation, microseconds apart) start without a system
 // call, then block on a condition variable so an idle pool costs no CPU. The wait for completion works the
 // same way in reverse. Every blocking side publishes "I am about to sleep" (n_sleeping_, caller_sleeping_)
@@ -98,38 +103,46 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void *ctx) {
     job_fn_ = fn;
     job_ctx_ = ctx;
     job_n_tasks_ = n_tasks;
-    n_running_.store(n_threads_ - 1);
-    generation_.fetch_add(1);  // publishes the job fields above
+    next_task_.store(0);
+    job_open_.store(true);     // publishes the job fields above
+    generation_.fetch_add(1);
     if (n_sleeping_.load() > 0) {
         std::lock_guard<std::mutex> lock(mutex_);
         wake_cv_.notify_all();
     }
 
-    run_share(0);
+    run_tasks(0);
+    job_open_.store(false);
 
-    if (!spin_until([this] { return n_running_.load() == 0; })) {
+    if (!spin_until([this] { return n_active_.load() == 0; })) {
         std::unique_lock<std::mutex> lock(mutex_);
         caller_sleeping_.store(true);
-        done_cv_.wait(lock, [this] { return n_running_.load() == 0; });
+        done_cv_.wait(lock, [this] { return n_active_.load() == 0; });
         caller_sleeping_.store(false);
     }
 
     std::exception_ptr first;
-    for (std::exception_ptr &e : job_errors_) {
-        if (e && !first) first = e;
-        e = nullptr;
+    int64_t first_task = 0;
+    for (TaskError &e : job_errors_) {
+        if (e.error && (!first || e.task < first_task)) {
+            first = e.error;
+            first_task = e.task;
+        }
+        e.error = nullptr;
     }
     if (first) std::rethrow_exception(first);
 }
 
-void ThreadPool::run_share(int thread_index) {
-    const int64_t begin = job_n_tasks_ * thread_index / n_threads_;
-    const int64_t end = job_n_tasks_ * (thread_index + 1) / n_threads_;
+void ThreadPool::run_tasks(int thread_index) {
     RunningPoolScope scope(this);
+    const TaskFn fn = job_fn_;
+    void *const ctx = job_ctx_;
+    const int64_t n_tasks = job_n_tasks_;
+    int64_t i = next_task_.fetch_add(1);
     try {
-        for (int64_t i = begin; i < end; ++i) job_fn_(job_ctx_, i, thread_index);
+        for (; i < n_tasks; i = next_task_.fetch_add(1)) fn(ctx, i, thread_index);
     } catch (...) {
-        job_errors_[size_t(thread_index)] = std::current_exception();
+        job_errors_[size_t(thread_index)] = {std::current_exception(), i};
     }
 }
 
@@ -144,8 +157,9 @@ void ThreadPool::worker_loop(int thread_index) {
         }
         if (stopping_.load()) return;
         seen = generation_.load();
-        run_share(thread_index);
-        if (n_running_.fetch_sub(1) == 1 && caller_sleeping_.load()) {
+        n_active_.fetch_add(1);
+        if (job_open_.load()) run_tasks(thread_index);
+        if (n_active_.fetch_sub(1) == 1 && caller_sleeping_.load()) {
             std::lock_guard<std::mutex> lock(mutex_);
             done_cv_.notify_one();
         }

@@ -2,9 +2,11 @@
 // Owns: the workers (created once, joined in the destructor) and the hand-off of one job at a time.
 // Does not own: what the tasks compute, or any per-thread scratch (callers index theirs by thread_index).
 //
-// Partitioning is static: task i of a job with n tasks always runs on the same thread for a given pool size,
-// thread t taking the contiguous range [t * n / n_threads, (t + 1) * n / n_threads). Callers make results
-// independent of the thread count by letting every output element be computed by exactly one task.
+// Tasks are claimed one at a time from a shared counter, so a thread that the OS has descheduled (other
+// processes on the cores) holds up at most the one task it is running: the others take the rest, and a worker
+// that has not woken by the time every task is claimed never joins the job. Which thread runs a task is
+// therefore not fixed; callers make results independent of it by letting every output element be computed by
+// exactly one task, and by indexing per-thread scratch with thread_index (unique among concurrent tasks).
 #pragma once
 
 #include <atomic>
@@ -30,8 +32,9 @@ public:
     int n_threads() const { return n_threads_; }
 
     // Runs fn(task_index, thread_index) for every task_index in [0, n_tasks) and returns when all are done.
-    // The caller is thread 0 and runs its share. If tasks throw, the other threads finish their ranges and
-    // the exception of the lowest-numbered thread is rethrown here; the pool stays usable.
+    // The caller is thread 0 and takes tasks too. A thread whose task throws claims no more tasks, the others
+    // go on, and of the exceptions thrown the one of the lowest task index is rethrown here; the pool stays
+    // usable.
     // Calls from several threads are serialised; a call from inside a task of this pool is a logic error.
     template <typename Fn>
     void parallel_for(int64_t n_tasks, Fn &&fn) {
@@ -44,22 +47,31 @@ private:
     using TaskFn = void (*)(void *ctx, int64_t task_index, int thread_index);
 
     void run(int64_t n_tasks, TaskFn fn, void *ctx);
-    void run_share(int thread_index);  // this thread's static range of the current job
+    void run_tasks(int thread_index);  // claims and runs tasks of the current job until none is left
     void worker_loop(int thread_index);
     void stop_workers();
 
     const int n_threads_;
     std::vector<std::thread> workers_;  // n_threads_ - 1 of them; thread_index = position + 1
 
-    // The current job. Written by the caller before it bumps generation_, read by workers after they see the
-    // new generation (release / acquire through generation_).
+    // The current job. Written by the caller while job_open_ is false, read by workers only after they have
+    // counted themselves in n_active_ and then seen job_open_ true (release / acquire through job_open_).
     TaskFn job_fn_ = nullptr;
     void *job_ctx_ = nullptr;
     int64_t job_n_tasks_ = 0;
-    std::vector<std::exception_ptr> job_errors_;  // [n_threads_], one slot per thread: no locking needed
+    struct TaskError {
+        std::exception_ptr error;
+        int64_t task = 0;
+    };
+    std::vector<TaskError> job_errors_;  // [n_threads_], one slot per thread: no locking needed
 
     std::atomic<uint64_t> generation_{0};  // bumped once per job; workers wait for it to change
-    std::atomic<int> n_running_{0};        // workers still inside the current job
+    // The next unclaimed task of the current job, alone on its cache line: every claim takes the line, which
+    // must not evict the job fields and flags the other threads read.
+    alignas(64) std::atomic<int64_t> next_task_{0};
+    char next_task_padding_[64 - sizeof(std::atomic<int64_t>)];
+    std::atomic<bool> job_open_{false};    // workers may join the current job
+    std::atomic<int> n_active_{0};         // workers that may be reading the job (counted before job_open_)
     std::atomic<int> n_sleeping_{0};       // workers blocked on wake_cv_ (the caller notifies only if > 0)
     std::atomic<bool> caller_sleeping_{false};  // the caller blocks on done_cv_ (the last worker notifies)
     std::atomic<bool> stopping_{false};    // set by the destructor before its final generation bump

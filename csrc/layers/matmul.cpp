@@ -69,23 +69,80 @@ uint8_t *MatmulScratch::reserve(size_t n_bytes) {
 
 void matmul(const WeightMatrix &w, const float *x, int64_t n_tokens, float *y, ThreadPool &pool,
             MatmulScratch &scratch, const KernelTable &table) {
-    const MatmulPlan plan = plan_or_throw(w, n_tokens, table);
-    if (w.n_rows == 0 || n_tokens == 0) return;
-    if (!w.data || !x || !y) throw std::invalid_argument("matmul: null data pointer");
+    const MatmulOutput output{&w, y};
+    matmul_shared_input(&output, 1, x, n_tokens, pool, scratch, table);
+}
 
-    const int64_t n_rows = w.n_rows, n_cols = w.n_cols;
-    const size_t x_stride = plan.activation_stride;
-    uint8_t *xq = scratch.reserve(size_t(n_tokens) * x_stride);  // [n_tokens, x_stride bytes]
-    pool.parallel_for(n_tokens, [&](int64_t t, int) {
-        plan.quantize(x + t * n_cols, xq + size_t(t) * x_stride, n_cols);
+void matmul_shared_input(const MatmulOutput *outputs, int n_outputs, const float *x, int64_t n_tokens,
+                         ThreadPool &pool, MatmulScratch &scratch, const KernelTable &table) {
+    if (n_outputs < 1 || n_outputs > kMaxSharedOutputs) {
+        throw std::invalid_argument("matmul: " + std::to_string(n_outputs) + " outputs, expected 1 to " +
+                                    std::to_string(kMaxSharedOutputs));
+    }
+    struct Part {
+        MatmulPlan plan;
+        int64_t rows_per_chunk;
+        int64_t first_chunk;      // index of this output's first chunk in the shared job
+        uint8_t *xq;              // [n_tokens, plan.activation_stride bytes]
+    };
+    Part parts[kMaxSharedOutputs];
+    const int64_t n_cols = outputs[0].w->n_cols;
+    int64_t n_chunks = 0;
+    for (int i = 0; i < n_outputs; ++i) {
+        const WeightMatrix &w = *outputs[i].w;
+        parts[i].plan = plan_or_throw(w, n_tokens, table);
+        if (w.n_cols != n_cols) {
+            throw std::invalid_argument("matmul: matrices sharing an input need equal column counts, got " +
+                                        std::to_string(n_cols) + " and " + std::to_string(w.n_cols));
+        }
+        parts[i].rows_per_chunk = std::max<int64_t>(1, int64_t(kChunkBytes / w.row_stride));
+        parts[i].first_chunk = n_chunks;
+        n_chunks += (w.n_rows + parts[i].rows_per_chunk - 1) / parts[i].rows_per_chunk;
+    }
+    if (n_chunks == 0 || n_tokens == 0) return;
+    bool null = !x;
+    for (int i = 0; i < n_outputs; ++i) null |= outputs[i].w->n_rows > 0 && (!outputs[i].w->data || !outputs[i].y);
+    if (null) throw std::invalid_argument("matmul: null data pointer");
+
+    // The input is quantized once per distinct activation format (usually one: q, k and v share it), not
+    // once per matrix. Buffers of the distinct formats lie one after the other in the scratch.
+    int owner[kMaxSharedOutputs];  // the output whose buffer output i reads
+    size_t offset[kMaxSharedOutputs], total_bytes = 0;
+    for (int i = 0; i < n_outputs; ++i) {
+        owner[i] = i;
+        for (int j = 0; j < i; ++j) {
+            if (owner[j] == j && parts[j].plan.quantize == parts[i].plan.quantize) owner[i] = j;
+        }
+        if (owner[i] == i) {
+            offset[i] = total_bytes;
+            total_bytes += size_t(n_tokens) * parts[i].plan.activation_stride;
+        }
+    }
+    uint8_t *xq_base = scratch.reserve(total_bytes);
+    int quantizers[kMaxSharedOutputs], n_quantizers = 0;
+    for (int i = 0; i < n_outputs; ++i) {
+        parts[i].xq = xq_base + offset[owner[i]];
+        if (owner[i] == i) quantizers[n_quantizers++] = i;
+    }
+    pool.parallel_for(n_tokens * n_quantizers, [&](int64_t task, int) {
+        const Part &part = parts[quantizers[task % n_quantizers]];
+        const int64_t t = task / n_quantizers;
+        const size_t x_stride = part.plan.activation_stride;
+        part.plan.quantize(x + t * n_cols, part.xq + size_t(t) * x_stride, n_cols);
     });
 
-    const int64_t rows_per_chunk = std::max<int64_t>(1, int64_t(kChunkBytes / w.row_stride));
-    const int64_t n_chunks = (n_rows + rows_per_chunk - 1) / rows_per_chunk;
-    const auto *w_bytes = static_cast<const uint8_t *>(w.data);
+    // One job over the chunks of every matrix: one hand-off to the threads instead of one per matrix.
     pool.parallel_for(n_chunks, [&](int64_t chunk, int) {
-        const int64_t r_begin = chunk * rows_per_chunk;
-        const int64_t r_end = std::min(n_rows, r_begin + rows_per_chunk);
+        int i = n_outputs - 1;
+        while (chunk < parts[i].first_chunk) --i;
+        const Part &part = parts[i];
+        const WeightMatrix &w = *outputs[i].w;
+        float *y = outputs[i].y;
+        const int64_t n_rows = w.n_rows;
+        const size_t x_stride = part.plan.activation_stride;
+        const auto *w_bytes = static_cast<const uint8_t *>(w.data);
+        const int64_t r_begin = (chunk - part.first_chunk) * part.rows_per_chunk;
+        const int64_t r_end = std::min(n_rows, r_begin + part.rows_per_chunk);
         for (int64_t t_block = 0; t_block < n_tokens; t_block += kTokenBlock) {
             const int64_t t_block_end = std::min(n_tokens, t_block + kTokenBlock);
             for (int64_t r = r_begin; r < r_end; ++r) {
@@ -93,8 +150,8 @@ void matmul(const WeightMatrix &w, const float *x, int64_t n_tokens, float *y, T
                 for (int64_t t = t_block; t < t_block_end; t += VEC_DOT_MAX_X) {
                     const int n_x = int(std::min<int64_t>(VEC_DOT_MAX_X, t_block_end - t));
                     float out[VEC_DOT_MAX_X];
-                    plan.dot(n_cols, w_row, xq + size_t(t) * x_stride, x_stride, n_x, out);
-                    for (int i = 0; i < n_x; ++i) y[(t + i) * n_rows + r] = out[i];
+                    part.plan.dot(n_cols, w_row, part.xq + size_t(t) * x_stride, x_stride, n_x, out);
+                    for (int k = 0; k < n_x; ++k) y[(t + k) * n_rows + r] = out[k];
                 }
             }
         }

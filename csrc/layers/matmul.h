@@ -44,6 +44,20 @@ private:
 void matmul(const WeightMatrix &w, const float *x, int64_t n_tokens, float *y, ThreadPool &pool,
             MatmulScratch &scratch, const KernelTable &table = kernels());
 
+// One product of matmul_shared_input: y [n_tokens, w->n_rows] = x times w transposed.
+struct MatmulOutput {
+    const WeightMatrix *w;
+    float *y;
+};
+constexpr int kMaxSharedOutputs = 4;
+
+// matmul of one input with several matrices of equal column count (q, k and v; ffn gate and up), bit-identical
+// to separate matmul calls: the input is quantized once per activation format and the rows of all matrices
+// are shared out to the threads as one job, so a single-token step hands work to the pool once, not once per
+// matrix. Throws as matmul does, and on n_outputs outside [1, kMaxSharedOutputs] or unequal column counts.
+void matmul_shared_input(const MatmulOutput *outputs, int n_outputs, const float *x, int64_t n_tokens,
+                         ThreadPool &pool, MatmulScratch &scratch, const KernelTable &table = kernels());
+
 // y [w.n_rows] = w x [w.n_cols]: matmul of a single token.
 void matvec(const WeightMatrix &w, const float *x, float *y, ThreadPool &pool, MatmulScratch &scratch,
             const KernelTable &table = kernels());

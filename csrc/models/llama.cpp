@@ -247,9 +247,8 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
         float *v_new = v_layer + n_past * kv_dim;
 
         rms_norm(s.x.data(), layer.attn_norm, n_tokens, n_embd, h.rms_eps, s.x_norm.data());
-        matmul(layer.attn_q, s.x_norm.data(), n_tokens, s.q.data(), pool, s.matmul_scratch);
-        matmul(layer.attn_k, s.x_norm.data(), n_tokens, k_new, pool, s.matmul_scratch);
-        matmul(layer.attn_v, s.x_norm.data(), n_tokens, v_new, pool, s.matmul_scratch);
+        const MatmulOutput qkv[] = {{&layer.attn_q, s.q.data()}, {&layer.attn_k, k_new}, {&layer.attn_v, v_new}};
+        matmul_shared_input(qkv, 3, s.x_norm.data(), n_tokens, pool, s.matmul_scratch);
         if (layer.attn_q_bias) {
             add_bias(s.q.data(), layer.attn_q_bias, n_tokens, q_dim);
             add_bias(k_new, layer.attn_k_bias, n_tokens, kv_dim);
@@ -264,8 +263,8 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
         add_residual(s.x.data(), s.proj.data(), n_tokens * n_embd);
 
         rms_norm(s.x.data(), layer.ffn_norm, n_tokens, n_embd, h.rms_eps, s.x_norm.data());
-        matmul(layer.ffn_gate, s.x_norm.data(), n_tokens, s.gate.data(), pool, s.matmul_scratch);
-        matmul(layer.ffn_up, s.x_norm.data(), n_tokens, s.up.data(), pool, s.matmul_scratch);
+        const MatmulOutput gate_up[] = {{&layer.ffn_gate, s.gate.data()}, {&layer.ffn_up, s.up.data()}};
+        matmul_shared_input(gate_up, 2, s.x_norm.data(), n_tokens, pool, s.matmul_scratch);
         swiglu(s.gate.data(), s.up.data(), n_tokens * h.n_ff);
         matmul(layer.ffn_down, s.gate.data(), n_tokens, s.proj.data(), pool, s.matmul_scratch);
         add_residual(s.x.data(), s.proj.data(), n_tokens * n_embd);

@@ -15,8 +15,8 @@ namespace flashmtp {
 // Throws std::invalid_argument if n_bytes < 4096 or repeats < 1.
 double read_bandwidth_gbps(ThreadPool &pool, size_t n_bytes, int repeats);
 
-// Seconds to read data[0, n_bytes) once, each thread summing one contiguous slice as matmul gives each thread
-// a contiguous range of weight rows: a plain read of a weight matrix, the GEMV's own roofline.
+// Seconds to read data[0, n_bytes) once, split into one contiguous slice per thread: a plain read of a weight
+// matrix on the same threads, the GEMV's own roofline.
 double read_seconds(ThreadPool &pool, const void *data, size_t n_bytes);
 
 }  // namespace flashmtp

@@ -1,5 +1,5 @@
 """The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
-``flashmtp bench kernels``."""
+``flashmtp bench kernels``, ``flashmtp bench decode -m MODEL``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,15 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_bench_decode(args: argparse.Namespace) -> int:
+    from flashmtp.bench.decode import run_bench_decode
+    from flashmtp.testing.models import MODELS, fetch
+
+    if args.model in MODELS:  # a known real model: fetched (and cached) on first use
+        args.model = str(fetch(args.model))
+    return run_bench_decode(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashmtp", description="flashmtp: local MoE runtime with MTP")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -85,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     # Matrix size; the smoke test shrinks it (the bandwidth buffer is 16x this).
     kernels.add_argument("--size-mb", type=float, default=64.0, help=argparse.SUPPRESS)
     kernels.set_defaults(run=_run_bench_kernels)
+    decode = bench_sub.add_parser("decode", help="prefill (pp) and generation (tg) tokens/s of a model")
+    decode.add_argument("-m", "--model", required=True,
+                        help="a .gguf file, or a known real model name (see flashmtp.testing.models)")
+    decode.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    decode.add_argument("--pp", type=int, default=128, help="prefill batch size")
+    decode.add_argument("--tg", type=int, default=64, help="single-token decodes per generation run")
+    decode.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median)")
+    # The bandwidth probe's buffer (far above the last-level cache); the smoke test shrinks it.
+    decode.add_argument("--bandwidth-mb", type=float, default=1024.0, help=argparse.SUPPRESS)
+    decode.set_defaults(run=_run_bench_decode)
     return parser
 
 

@@ -1,4 +1,4 @@
-// ThreadPool: every task runs exactly once on the thread the static partition names, exceptions reach the
+// ThreadPool: every task runs exactly once on some thread of the pool, exceptions reach the
 // caller, the sleeping and spinning hand-offs both deliver jobs, and misuse is rejected.
 #include <atomic>
 #include <chrono>
@@ -14,8 +14,7 @@ using flashmtp::ThreadPool;
 
 namespace {
 
-// Each task of every job runs once, on thread t = the one whose range [t*n/T, (t+1)*n/T) holds it (jobs of
-// one task run inline on the caller).
+// Each task of every job runs once, on a thread of the pool (jobs of one task run inline on the caller).
 void test_partition() {
     for (int n_threads : {1, 2, 3, 4}) {
         ThreadPool pool(n_threads);
@@ -30,12 +29,10 @@ void test_partition() {
             for (int64_t i = 0; i < n_tasks; ++i) {
                 CHECK_MSG(runs[size_t(i)].load() == 1, "threads %d tasks %lld: task %lld ran %d times", n_threads,
                           (long long)n_tasks, (long long)i, runs[size_t(i)].load());
-                int owner = 0;
-                for (int t = 0; t < n_threads && n_tasks > 1; ++t) {
-                    if (n_tasks * t / n_threads <= i && i < n_tasks * (t + 1) / n_threads) owner = t;
-                }
-                CHECK_MSG(thread_of[size_t(i)] == owner, "threads %d tasks %lld: task %lld on thread %d, want %d",
-                          n_threads, (long long)n_tasks, (long long)i, thread_of[size_t(i)], owner);
+                const int thread = thread_of[size_t(i)];
+                CHECK_MSG(thread >= 0 && thread < (n_tasks > 1 ? n_threads : 1),
+                          "threads %d tasks %lld: task %lld on thread %d", n_threads, (long long)n_tasks,
+                          (long long)i, thread);
             }
         }
     }
@@ -90,22 +87,21 @@ void test_sleeping_handoffs() {
 
 void test_exceptions() {
     ThreadPool pool(2);
-    // Thread 1 owns tasks [2, 4) of 4: its exception reaches the caller.
+    // Whichever thread runs it, a task's exception reaches the caller.
     CHECK_THROWS(std::runtime_error,
                  pool.parallel_for(4, [](int64_t task, int) {
                      if (task == 3) throw std::runtime_error("task 3 failed");
                  }),
                  "task 3 failed");
-    // Both threads throw: the lowest-numbered thread's exception wins, the other ranges still finish.
-    std::atomic<int> finished{0};
-    CHECK_THROWS(std::runtime_error,
-                 pool.parallel_for(6, [&](int64_t task, int) {
-                     if (task == 1) throw std::runtime_error("thread 0");
-                     if (task == 4) throw std::runtime_error("thread 1");
-                     finished.fetch_add(1);
-                 }),
-                 "thread 0");
-    CHECK(finished.load() == 2);  // tasks 0 and 3 ran; each thread stops its own range at its exception
+    // Two tasks throw: the exception of the lower task index wins, whichever threads ran them.
+    for (int round = 0; round < 100; ++round) {
+        CHECK_THROWS(std::runtime_error,
+                     pool.parallel_for(6, [&](int64_t task, int) {
+                         if (task == 1) throw std::runtime_error("task 1");
+                         if (task == 4) throw std::runtime_error("task 4");
+                     }),
+                     "task 1");
+    }
     // The pool is still usable afterwards.
     std::atomic<int> ran{0};
     pool.parallel_for(10, [&](int64_t, int) { ran.fetch_add(1); });
