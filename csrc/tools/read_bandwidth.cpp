@@ -9,7 +9,6 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace flashmtp {
@@ -18,12 +17,6 @@ namespace {
 
 // Keeps the sums observable so the compiler cannot drop the reads.
 volatile uint64_t g_bandwidth_sink;
-
-uint64_t sum_words(const uint64_t *p, size_t n) {
-    uint64_t s = 0;
-    for (size_t i = 0; i < n; ++i) s += p[i];
-    return s;
-}
 
 uint64_t sum_bytes(const uint8_t *p, size_t n) {
     uint64_t s = 0;
@@ -44,36 +37,19 @@ double read_bandwidth_gbps(ThreadPool &pool, size_t n_bytes, int repeats) {
         throw std::invalid_argument("read_bandwidth: need n_bytes >= 4096 and repeats >= 1 (got " +
                                     std::to_string(n_bytes) + ", " + std::to_string(repeats) + ")");
     }
-    const int n_threads = pool.n_threads();
     const size_t n_words = n_bytes / sizeof(uint64_t);
     const std::unique_ptr<uint64_t[]> buffer(new uint64_t[n_words]);  // [n_words]
-    auto slice = [&](int64_t task) {
+    // Writing every page first maps it: untouched pages would all read the one shared zero page.
+    const int n_threads = pool.n_threads();
+    pool.parallel_for(n_threads, [&](int64_t task, int) {
         const size_t begin = n_words * size_t(task) / size_t(n_threads);
         const size_t end = n_words * size_t(task + 1) / size_t(n_threads);
-        return std::pair<size_t, size_t>(begin, end);
-    };
-    // Writing every page first maps it (untouched pages would all read the one shared zero page) and places
-    // each slice's pages near the thread that will read it.
-    pool.parallel_for(n_threads, [&](int64_t task, int) {
-        const auto [begin, end] = slice(task);
         for (size_t i = begin; i < end; ++i) buffer[i] = i;
     });
-
-    std::vector<uint64_t> sums(size_t(n_threads), 0);  // [n_threads]
-    std::vector<double> gbps;
+    std::vector<double> gbps;  // [repeats]
     for (int r = 0; r < repeats; ++r) {
-        const auto start = std::chrono::steady_clock::now();
-        pool.parallel_for(n_threads, [&](int64_t task, int) {
-            const auto [begin, end] = slice(task);
-            sums[size_t(task)] += sum_words(buffer.get() + begin, end - begin);
-        });
-        const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
-        gbps.push_back(double(n_words * sizeof(uint64_t)) / seconds.count() * 1e-9);
+        gbps.push_back(double(n_words * sizeof(uint64_t)) / read_seconds(pool, buffer.get(), n_words * 8) * 1e-9);
     }
-    uint64_t total = 0;
-    for (uint64_t s : sums) total += s;
-    g_bandwidth_sink = total;
-
     std::sort(gbps.begin(), gbps.end());
     const size_t mid = gbps.size() / 2;
     return gbps.size() % 2 ? gbps[mid] : 0.5 * (gbps[mid - 1] + gbps[mid]);
