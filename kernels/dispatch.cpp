@@ -59,11 +59,13 @@ struct Tables {
             kernel_table_fill_quant_ref(table[i]);
             kernel_table_fill_dot_ref(table[i]);
             kernel_table_fill_dot_kquants_ref(table[i]);
+            kernel_table_fill_act_ref(table[i]);
         }
 #ifdef FLASHMTP_X86
         kernel_table_fill_avx2(table[ISA_AVX2]);
         kernel_table_fill_avx2_kquants(table[ISA_AVX2]);
         kernel_table_fill_avx2_quant(table[ISA_AVX2]);
+        kernel_table_fill_avx2_act(table[ISA_AVX2]);
         // AVX-512 machines have AVX2 too: types without an AVX-512 kernel use the AVX2 one.
         kernel_table_fill_avx2(table[ISA_AVX512]);
         kernel_table_fill_avx2_kquants(table[ISA_AVX512]);
@@ -71,6 +73,7 @@ struct Tables {
         kernel_table_fill_avx512(table[ISA_AVX512]);
         kernel_table_fill_avx512_kquants(table[ISA_AVX512]);
         kernel_table_fill_avx512_quant(table[ISA_AVX512]);
+        kernel_table_fill_avx512_act(table[ISA_AVX512]);
 #endif
         for (int i = ISA_COUNT - 1; i >= 0; --i) {
             if (available[i]) { chosen = Isa(i); break; }

@@ -9,12 +9,15 @@ namespace flashmtp {
 void kernel_table_fill_quant_ref(KernelTable &table);        // kernels/ref/quant_ref.cpp
 void kernel_table_fill_dot_ref(KernelTable &table);          // kernels/ref/dot_ref.cpp (float, legacy, mxfp4)
 void kernel_table_fill_dot_kquants_ref(KernelTable &table);  // kernels/ref/dot_kquants_ref.cpp
+void kernel_table_fill_act_ref(KernelTable &table);          // kernels/ref/act_ref.cpp (SwiGLU)
 
 void kernel_table_fill_avx2(KernelTable &table);             // kernels/cpu/dot_avx2.cpp
 void kernel_table_fill_avx2_kquants(KernelTable &table);     // kernels/cpu/dot_kquants_avx2.cpp
 void kernel_table_fill_avx2_quant(KernelTable &table);       // kernels/cpu/quant_avx2.cpp (Q8_0, Q8_0X, Q8_K)
+void kernel_table_fill_avx2_act(KernelTable &table);         // kernels/cpu/act_avx2.cpp (SwiGLU)
 void kernel_table_fill_avx512(KernelTable &table);           // kernels/cpu/dot_avx512.cpp
 void kernel_table_fill_avx512_kquants(KernelTable &table);   // kernels/cpu/dot_kquants_avx512.cpp
 void kernel_table_fill_avx512_quant(KernelTable &table);     // kernels/cpu/quant_avx512.cpp (Q8_0, Q8_0X, Q8_K)
+void kernel_table_fill_avx512_act(KernelTable &table);       // kernels/cpu/act_avx512.cpp (SwiGLU)
 
 }  // namespace flashmtp

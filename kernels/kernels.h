@@ -80,6 +80,11 @@ using QuantizeRowFn = void (*)(const float *src, void *dst, int64_t n);
 constexpr int VEC_DOT_MAX_X = 8;
 using VecDotFn = void (*)(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, float *out);
 
+// Clamped SwiGLU in place: gate[i] = silu(min(gate[i], limit)) * clamp(up[i], -limit, limit), limit = +inf for
+// the plain one (DeepSeek-V4 clamps at 10). NaN propagates. Every ISA gives the same bits (kernels/ref/act_ref.cpp
+// is the specification); about 2 ulp from the exact value.
+using SwigluFn = void (*)(int64_t n, float *gate, const float *up, float limit);
+
 enum Isa : int {
     ISA_SCALAR = 0,  // kernels/ref: the specification
     ISA_AVX2 = 1,    // AVX2 + FMA + F16C
@@ -93,6 +98,7 @@ struct KernelTable {
     VecDotFn vec_dot[DTYPE_COUNT];                // by weight type; nullptr if not a weight type
     QuantizeRowFn quantize_row[DTYPE_COUNT];      // activation formats at least (Q8_0X, Q8_K, F32 copy)
     DequantizeRowFn dequantize_row[DTYPE_COUNT];  // every readable type
+    SwigluFn swiglu;
 };
 
 // The best ISA this CPU supports, unless FLASHMTP_ISA=scalar|avx2|avx512 asks for a lower one (debugging).
@@ -136,5 +142,8 @@ void quantize_row_q5_K(const float *src, void *dst, int64_t n);
 void quantize_row_q6_K(const float *src, void *dst, int64_t n);
 void quantize_row_q8_K(const float *src, void *dst, int64_t n);
 void quantize_row_q8_0x(const float *src, void *dst, int64_t n);
+
+float exp_ref(float x);  // e^x, the approximation every ISA's activation kernels use (act_ref.cpp)
+void swiglu_ref(int64_t n, float *gate, const float *up, float limit);
 
 }  // namespace flashmtp

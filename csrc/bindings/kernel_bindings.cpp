@@ -3,6 +3,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -70,6 +72,21 @@ py::array_t<float> dequantize(uint32_t type, const py::array &raw, int64_t n, co
     return out;
 }
 
+// SwiGLU of float32 arrays of one shape -> a new float32 array (the kernel works in place on a copy of gate).
+py::array_t<float> swiglu(py::array_t<float, py::array::c_style | py::array::forcecast> gate,
+                          py::array_t<float, py::array::c_style | py::array::forcecast> up, float limit,
+                          const std::string &isa) {
+    if (gate.ndim() != up.ndim() || !std::equal(gate.shape(), gate.shape() + gate.ndim(), up.shape())) {
+        throw py::value_error("swiglu: gate and up must have the same shape");
+    }
+    if (!(limit > 0.0f)) throw py::value_error("swiglu: limit must be positive (inf for no clamp)");
+    const SwigluFn fn = kernel_table_named(isa).swiglu;
+    py::array_t<float> out(std::vector<py::ssize_t>(gate.shape(), gate.shape() + gate.ndim()));
+    std::memcpy(out.mutable_data(), gate.data(), sizeof(float) * size_t(gate.size()));
+    fn(int64_t(gate.size()), out.mutable_data(), up.data(), limit);
+    return out;
+}
+
 }  // namespace
 
 size_t checked_row_bytes(const DTypeTraits &t, int64_t n, const std::string &what) {
@@ -119,6 +136,8 @@ void bind_kernels(py::module_ &m) {
           "Quantize a float32 row to raw blocks of `type` (uint8 array).");
     m.def("dequantize", &dequantize, py::arg("type"), py::arg("raw"), py::arg("n"), py::arg("isa") = "",
           "Dequantize raw blocks of `type` holding n elements to float32.");
+    m.def("swiglu", &swiglu, py::arg("gate"), py::arg("up"), py::arg("limit") = INFINITY, py::arg("isa") = "",
+          "silu(min(gate, limit)) * clamp(up, -limit, limit), elementwise (the SwiGLU kernel).");
 }
 
 }  // namespace flashmtp

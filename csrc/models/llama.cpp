@@ -265,7 +265,7 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
         rms_norm(s.x.data(), layer.ffn_norm, n_tokens, n_embd, h.rms_eps, s.x_norm.data());
         const MatmulOutput gate_up[] = {{&layer.ffn_gate, s.gate.data()}, {&layer.ffn_up, s.up.data()}};
         matmul_shared_input(gate_up, 2, s.x_norm.data(), n_tokens, pool, s.matmul_scratch);
-        swiglu(s.gate.data(), s.up.data(), n_tokens * h.n_ff);
+        swiglu(s.gate.data(), s.up.data(), n_tokens * h.n_ff, pool);
         matmul(layer.ffn_down, s.gate.data(), n_tokens, s.proj.data(), pool, s.matmul_scratch);
         add_residual(s.x.data(), s.proj.data(), n_tokens * n_embd);
     }

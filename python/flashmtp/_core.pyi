@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'dequantize', 'dtype_info', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'unicode_version', 'vec_dot']
+__all__: list[str] = ['Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'dequantize', 'dtype_info', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
 class GGUFError(ValueError):
     pass
 class GGUFTensorBuffer:
@@ -311,6 +311,10 @@ def read_bandwidth(n_bytes: typing.SupportsInt | typing.SupportsIndex, pool: Thr
 def read_seconds(buffer: numpy.ndarray, pool: ThreadPool = None) -> float:
     """
     Seconds to read a C-contiguous array once, split over the pool's threads as matmul splits rows.
+    """
+def swiglu(gate: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], up: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], limit: typing.SupportsFloat | typing.SupportsIndex = ..., isa: str = '') -> numpy.typing.NDArray[numpy.float32]:
+    """
+    silu(min(gate, limit)) * clamp(up, -limit, limit), elementwise (the SwiGLU kernel).
     """
 def vec_dot(type: typing.SupportsInt | typing.SupportsIndex, w_row: numpy.ndarray, x: numpy.ndarray, n: typing.SupportsInt | typing.SupportsIndex, isa: str = '') -> numpy.typing.NDArray[numpy.float32]:
     """
