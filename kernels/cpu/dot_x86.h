@@ -32,19 +32,25 @@ inline uint32_t load_u32(const uint8_t *p) {
 
 inline float load_fp16(const uint8_t *p) { return _cvtsh_ss(load_u16(p)); }
 
-// 8 fp16 fields, `stride` bytes apart, as floats (with kFull false only the first count, the rest 0). The
-// halves are assembled in general registers, idle in these vector-bound kernels, and converted by one vcvtph2ps.
-// The empty asm pins them there: GCC's SLP vectorizer would otherwise turn the assembly into vector shuffles on
-// the ports the dot products need (measured 8-10% slower per block).
+// 8 16-bit fields, `stride` bytes apart (with kFull false only the first count, the rest 0), assembled in
+// general registers, idle in these vector-bound kernels. The empty asm pins them there: GCC's SLP vectorizer
+// would otherwise turn the assembly into vector shuffles on the ports the dot products need (measured 8-10%
+// slower per block).
 template <size_t stride, bool kFull>
-inline __m256 load_fp16x8(const uint8_t *p, int count) {
+inline __m128i load_u16x8(const uint8_t *p, int count) {
     uint64_t lo = 0, hi = 0;
     for (int j = 0; j < 4; ++j) {
         if (kFull || j < count) lo |= uint64_t(load_u16(p + j * stride)) << (16 * j);
         if (kFull || j + 4 < count) hi |= uint64_t(load_u16(p + (j + 4) * stride)) << (16 * j);
         __asm__("" : "+r"(lo), "+r"(hi));  // see above
     }
-    return _mm256_cvtph_ps(_mm_set_epi64x(int64_t(hi), int64_t(lo)));
+    return _mm_set_epi64x(int64_t(hi), int64_t(lo));
+}
+
+// 8 fp16 fields, `stride` bytes apart, as floats (see load_u16x8).
+template <size_t stride, bool kFull>
+inline __m256 load_fp16x8(const uint8_t *p, int count) {
+    return _mm256_cvtph_ps(load_u16x8<stride, kFull>(p, count));
 }
 
 // Sum of the 8 lanes in one fixed order (halves, then pairs): every row of every call reduces the same way.
@@ -217,12 +223,10 @@ inline void accumulate_group(const uint8_t *w, const ActivationRows &x, int64_t 
         _mm256_store_ps(d[r], dwx);
         if constexpr (kHasXsumTerm<Block>) {
             const uint8_t *sums = x.sums + r * x.stride + 2 * b;
-            __m128i s16 = _mm_setzero_si128();
-            if (kFull) {
-                s16 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(sums));
-            } else {
-                std::memcpy(&s16, sums, 2 * size_t(count));  // the row ends after the last sum
-            }
+            // A tail group reads its count sums only (the row may end after the last), in general registers:
+            // a variable-length memcpy's narrow stores cannot be forwarded to a vector load.
+            const __m128i s16 = kFull ? _mm_loadu_si128(reinterpret_cast<const __m128i *>(sums))
+                                      : load_u16x8<2, false>(sums, count);
             const __m256 xsum = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(s16));
             __m256 coef = Block::has_min ? _mm256_mul_ps(mw, dx) : _mm256_setzero_ps();
             if (Block::kBias != 0) coef = _mm256_fnmadd_ps(_mm256_set1_ps(float(Block::kBias)), dwx, coef);
