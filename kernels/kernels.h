@@ -84,6 +84,8 @@ using VecDotFn = void (*)(int64_t n, const void *w, const void *x, size_t x_stri
 // the plain one (DeepSeek-V4 clamps at 10). NaN propagates. Every ISA gives the same bits (kernels/ref/act_ref.cpp
 // is the specification); about 2 ulp from the exact value.
 using SwigluFn = void (*)(int64_t n, float *gate, const float *up, float limit);
+// out[i] = exp(x[i] - shift) (softmax numerators; out may be x). The same exp and the same bits on every ISA.
+using ExpRowFn = void (*)(int64_t n, const float *x, float shift, float *out);
 
 enum Isa : int {
     ISA_SCALAR = 0,  // kernels/ref: the specification
@@ -99,6 +101,7 @@ struct KernelTable {
     QuantizeRowFn quantize_row[DTYPE_COUNT];      // activation formats at least (Q8_0X, Q8_K, F32 copy)
     DequantizeRowFn dequantize_row[DTYPE_COUNT];  // every readable type
     SwigluFn swiglu;
+    ExpRowFn exp_row;
 };
 
 // The best ISA this CPU supports, unless FLASHMTP_ISA=scalar|avx2|avx512 asks for a lower one (debugging).
@@ -145,5 +148,6 @@ void quantize_row_q8_0x(const float *src, void *dst, int64_t n);
 
 float exp_ref(float x);  // e^x, the approximation every ISA's activation kernels use (act_ref.cpp)
 void swiglu_ref(int64_t n, float *gate, const float *up, float limit);
+void exp_row_ref(int64_t n, const float *x, float shift, float *out);
 
 }  // namespace flashmtp

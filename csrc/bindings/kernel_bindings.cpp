@@ -136,6 +136,13 @@ void bind_kernels(py::module_ &m) {
           "Quantize a float32 row to raw blocks of `type` (uint8 array).");
     m.def("dequantize", &dequantize, py::arg("type"), py::arg("raw"), py::arg("n"), py::arg("isa") = "",
           "Dequantize raw blocks of `type` holding n elements to float32.");
+    m.def("exp_row", [](py::array_t<float, py::array::c_style | py::array::forcecast> x, float shift,
+                        const std::string &isa) {
+        py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+        kernel_table_named(isa).exp_row(int64_t(x.size()), x.data(), shift, out.mutable_data());
+        return out;
+    }, py::arg("x"), py::arg("shift") = 0.0f, py::arg("isa") = "",
+          "exp(x - shift), elementwise (the softmax kernel's exp).");
     m.def("swiglu", &swiglu, py::arg("gate"), py::arg("up"), py::arg("limit") = INFINITY, py::arg("isa") = "",
           "silu(min(gate, limit)) * clamp(up, -limit, limit), elementwise (the SwiGLU kernel).");
 }

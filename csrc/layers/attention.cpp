@@ -1,15 +1,25 @@
 #include "layers/attention.h"
 
 #include <cmath>
+#include <cstring>
+
+#include "kernels.h"
 
 namespace flashmtp {
 
 namespace {
 
-// dot(a, b) over n floats in kLanes interleaved partial sums, added pairwise at the end: a fixed order (so
-// the same bits for a query whatever its batch) that the compiler can keep in vector registers, which a
-// single running sum, without -ffast-math, forbids.
-constexpr int64_t kLanes = 8;
+// Every reduction below runs in kLanes interleaved partial sums, added pairwise at the end: a fixed order
+// (the same bits for a query whatever its batch) that the compiler keeps in one or two vector registers,
+// which a single running sum, without -ffast-math, forbids.
+constexpr int64_t kLanes = 16;
+
+float sum_lanes(float (&lanes)[kLanes]) {
+    for (int64_t width = kLanes / 2; width > 0; width /= 2) {
+        for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+    }
+    return lanes[0];
+}
 
 float dot_lanes(const float *a, const float *b, int64_t n) {
     float lanes[kLanes] = {};
@@ -17,11 +27,44 @@ float dot_lanes(const float *a, const float *b, int64_t n) {
     for (; d + kLanes <= n; d += kLanes) {
         for (int64_t l = 0; l < kLanes; ++l) lanes[l] += a[d + l] * b[d + l];
     }
-    for (; d < n; ++d) lanes[d % kLanes] += a[d] * b[d];
-    for (int64_t width = kLanes / 2; width > 0; width /= 2) {
-        for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+    for (int64_t l = 0; d + l < n; ++l) lanes[l] += a[d + l] * b[d + l];
+    return sum_lanes(lanes);
+}
+
+float sum_floats(const float *x, int64_t n) {
+    float lanes[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += x[j + l];
     }
-    return lanes[0];
+    for (int64_t l = 0; j + l < n; ++l) lanes[l] += x[j + l];
+    return sum_lanes(lanes);
+}
+
+// kLanes floats as one value (GCC/Clang vector extension: one AVX-512 register, or two AVX2 or four SSE ones
+// in a portable build). GCC keeps a float[kLanes] accumulator below in scalar registers, one per lane.
+typedef float FloatLanes __attribute__((vector_size(kLanes * sizeof(float))));
+
+FloatLanes load_lanes(const float *p) {
+    FloatLanes v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// out [n] = sum_j weights[j] * v[j * stride .. + n], keys in position order. kLanes output columns at a time,
+// held in a register over all keys instead of a load and a store per key.
+void weighted_sum(const float *weights, const float *v, int64_t stride, int64_t n_keys, int64_t n, float *out) {
+    int64_t d = 0;
+    for (; d + kLanes <= n; d += kLanes) {
+        FloatLanes acc = {};
+        for (int64_t j = 0; j < n_keys; ++j) acc += weights[j] * load_lanes(v + j * stride + d);
+        std::memcpy(out + d, &acc, sizeof acc);
+    }
+    for (; d < n; ++d) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < n_keys; ++j) acc += weights[j] * v[j * stride + d];
+        out[d] = acc;
+    }
 }
 
 }  // namespace
@@ -37,6 +80,7 @@ void attention(const AttentionShape &shape, const float *q, const float *k_cache
     const int64_t group = shape.n_head / shape.n_head_kv;
     const int64_t kv_stride = shape.n_head_kv * head_dim;  // floats from one cache position to the next
     const float scale = 1.0f / std::sqrt(float(head_dim));
+    const ExpRowFn exp_row = kernels().exp_row;
 
     pool.parallel_for(n_tokens * shape.n_head, [&](int64_t task, int thread) {
         const int64_t t = task / shape.n_head, h = task % shape.n_head;
@@ -51,21 +95,12 @@ void attention(const AttentionShape &shape, const float *q, const float *k_cache
             scores[j] = dot_lanes(qh, k + j * kv_stride, head_dim) * scale;
             if (scores[j] > max_score) max_score = scores[j];
         }
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n_keys; ++j) {
-            scores[j] = std::exp(scores[j] - max_score);
-            sum += scores[j];
-        }
+        exp_row(n_keys, scores, max_score, scores);
+        // One division per output instead of one per key: normalise after the sum.
+        const float inv_sum = 1.0f / sum_floats(scores, n_keys);
 
         float *oh = out + (t * shape.n_head + h) * head_dim;
-        for (int64_t d = 0; d < head_dim; ++d) oh[d] = 0.0f;
-        for (int64_t j = 0; j < n_keys; ++j) {
-            const float *vj = v + j * kv_stride;
-            const float weight = scores[j];
-            for (int64_t d = 0; d < head_dim; ++d) oh[d] += weight * vj[d];
-        }
-        // One division per output instead of one per key: normalise after the sum.
-        const float inv_sum = 1.0f / sum;
+        weighted_sum(scores, v, kv_stride, n_keys, head_dim, oh);
         for (int64_t d = 0; d < head_dim; ++d) oh[d] *= inv_sum;
     });
 }

@@ -1,5 +1,6 @@
-// AVX2 activation kernels, bit-identical to kernels/ref/act_ref.cpp (same operations per element, same
-// order, the same fused multiply-adds); 8 elements per step, the scalar reference for the tail.
+// AVX2 activation kernels (SwiGLU, softmax's exp), bit-identical to kernels/ref/act_ref.cpp: the same
+// operations per element in the same order, fused multiply-adds included; 8 elements a step, the reference
+// for the tail.
 #include <immintrin.h>
 
 #include "../kernel_fill.h"
@@ -45,8 +46,18 @@ void swiglu_avx2(int64_t n, float *gate, const float *up, float limit) {
     swiglu_ref(n - i, gate + i, up + i, limit);
 }
 
+void exp_row_avx2(int64_t n, const float *x, float shift, float *out) {
+    const auto s = _mm256_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+    exp_row_ref(n - i, x + i, shift, out + i);
+}
+
 }  // namespace
 
-void kernel_table_fill_avx2_act(KernelTable &table) { table.swiglu = swiglu_avx2; }
+void kernel_table_fill_avx2_act(KernelTable &table) {
+    table.swiglu = swiglu_avx2;
+    table.exp_row = exp_row_avx2;
+}
 
 }  // namespace flashmtp

@@ -1,5 +1,6 @@
-// AVX-512 activation kernels, bit-identical to kernels/ref/act_ref.cpp (same operations per element, same
-// order, the same fused multiply-adds); 16 elements per step, the scalar reference for the tail.
+// AVX-512 activation kernels (SwiGLU, softmax's exp), bit-identical to kernels/ref/act_ref.cpp: the same
+// operations per element in the same order, fused multiply-adds included; 16 elements a step, the reference
+// for the tail.
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC bug 105593: false -Wmaybe-uninitialized in the AVX-512 headers (see quant_avx512.cpp).
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -50,8 +51,18 @@ void swiglu_avx512(int64_t n, float *gate, const float *up, float limit) {
     swiglu_ref(n - i, gate + i, up + i, limit);
 }
 
+void exp_row_avx512(int64_t n, const float *x, float shift, float *out) {
+    const auto s = _mm512_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), s)));
+    exp_row_ref(n - i, x + i, shift, out + i);
+}
+
 }  // namespace
 
-void kernel_table_fill_avx512_act(KernelTable &table) { table.swiglu = swiglu_avx512; }
+void kernel_table_fill_avx512_act(KernelTable &table) {
+    table.swiglu = swiglu_avx512;
+    table.exp_row = exp_row_avx512;
+}
 
 }  // namespace flashmtp

@@ -1,4 +1,4 @@
-// Scalar reference of the activation kernels (SwiGLU and its exp). The SIMD versions in kernels/cpu/act_*.cpp
+// Scalar reference of the activation kernels (SwiGLU, softmax's exp) and of the exp approximation they share. The SIMD versions in kernels/cpu/act_*.cpp
 // perform the same float operations per element in the same order, fused multiply-adds included, so every ISA
 // gives the same bits (tests/python/test_activations.py checks it, and the error against float64).
 #include <cmath>
@@ -36,6 +36,13 @@ void swiglu_ref(int64_t n, float *gate, const float *up, float limit) {
     }
 }
 
-void kernel_table_fill_act_ref(KernelTable &table) { table.swiglu = swiglu_ref; }
+void exp_row_ref(int64_t n, const float *x, float shift, float *out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = exp_ref(x[i] - shift);
+}
+
+void kernel_table_fill_act_ref(KernelTable &table) {
+    table.swiglu = swiglu_ref;
+    table.exp_row = exp_row_ref;
+}
 
 }  // namespace flashmtp

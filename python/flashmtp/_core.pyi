@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'dequantize', 'dtype_info', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
+__all__: list[str] = ['Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'dequantize', 'dtype_info', 'exp_row', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
 class GGUFError(ValueError):
     pass
 class GGUFTensorBuffer:
@@ -285,6 +285,10 @@ def dequantize(type: typing.SupportsInt | typing.SupportsIndex, raw: numpy.ndarr
 def dtype_info(type: typing.SupportsInt | typing.SupportsIndex) -> dict:
     """
     Block size, bytes per block and activation type of a tensor type id.
+    """
+def exp_row(x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], shift: typing.SupportsFloat | typing.SupportsIndex = 0.0, isa: str = '') -> numpy.typing.NDArray[numpy.float32]:
+    """
+    exp(x - shift), elementwise (the softmax kernel's exp).
     """
 def isa() -> str:
     """

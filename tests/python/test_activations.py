@@ -1,4 +1,4 @@
-"""SwiGLU kernel (kernels/ref/act_ref.cpp and its SIMD versions).
+"""SwiGLU and exp kernels (kernels/ref/act_ref.cpp and their SIMD versions).
 
 Oracles: numpy in float64 for the value (error bound in ulp of the float32 result), and the scalar reference
 for the bits: every ISA must give identical bits, so that a model's output does not depend on the ISA beyond
@@ -70,3 +70,26 @@ def test_swiglu_bad_arguments():
         _core.swiglu(np.zeros(3, np.float32), np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="limit must be positive"):
         _core.swiglu(np.zeros(3, np.float32), np.zeros(3, np.float32), 0.0)
+
+
+def test_exp_row_within_2_ulp_of_float64():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.uniform(-87, 88.7, 200_000), rng.normal(0, 1, 10_000)]).astype(np.float32)
+    got = _core.exp_row(x, 0.5).astype(np.float64)
+    want = np.exp((x - np.float32(0.5)).astype(np.float64))  # the kernel subtracts in float32 too
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    assert (np.abs(got - want) / ulp).max() <= 2
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_exp_row_bits_identical_across_isas(isa):
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 30, 4099),
+                        [0, -0.0, 88.7, 88.8, 89, 100, -87.5, -103, -104, -200, np.inf, -np.inf, np.nan]])
+    x = x.astype(np.float32)
+    for n in (1, 7, 8, 15, 16, 17, x.size):
+        ref = _core.exp_row(x[:n], -1.25, isa="scalar")
+        got = _core.exp_row(x[:n], -1.25, isa=isa)
+        assert np.array_equal(ref.view(np.uint32), got.view(np.uint32)), f"{isa}, n={n}"
+    edge = _core.exp_row(np.float32([89, -104, np.inf, -np.inf, np.nan]), isa=isa)
+    assert edge[0] == np.inf and edge[1] == 0 and edge[2] == np.inf and edge[3] == 0 and np.isnan(edge[4])
