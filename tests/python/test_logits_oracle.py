@@ -67,8 +67,8 @@ def shortest_paths(graph: dict[str, list[tuple[str, float]]], source: str) -> di
 # points sits 2.9e-3 / 2.0e-2 (SmolLM2) and 7.1e-4 / 1.1e-2 (Qwen) from it. Bounds: two to three times the
 # measured figures, for kernel changes that round differently. For scale, on SmolLM2 the oracle with its
 # attention scale 5% off is 6.7e-3 / 0.20 from itself, with one layer's FFN dropped 0.22 / 6.1: the bounds
-# catch gross errors; subtle ones are for test_llama_model.py's tight check against the Q8-rounding
-# reference.
+# catch gross errors; subtle ones are for test_llama_model.py's tight check (tiny models) against the
+# Q8-rounding reference.
 KL_BOUNDS = {
     "smollm2-135m-q4_1": (6e-3, 0.08),
     "qwen2.5-coder-0.5b-q4_k_m": (2e-3, 0.04),
