@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "../kernel_fill.h"
+#define FLASHMTP_DOT_X86_AVX512 1  // see dot_x86.h
 #include "dot_x86.h"
 
 namespace flashmtp {
