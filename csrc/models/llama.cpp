@@ -206,9 +206,9 @@ LlamaModel llama_load_llama(const GGUFFile &file) { return llama_load(file, {"ll
 void llama_state_init(const LlamaModel &model, LlamaState &state, int64_t n_ctx, int n_threads) {
     const LlamaHparams &h = model.hparams;
     state.n_ctx = n_ctx;
-    const size_t cache_floats = size_t(h.n_layer) * size_t(n_ctx) * size_t(h.n_head_kv * h.head_dim);
-    state.k_cache.assign(cache_floats, 0.0f);
-    state.v_cache.assign(cache_floats, 0.0f);
+    state.cache_floats = size_t(h.n_layer) * size_t(n_ctx) * size_t(h.n_head_kv * h.head_dim);
+    state.k_cache.reset(new float[state.cache_floats]);  // default-initialised: see LlamaState
+    state.v_cache.reset(new float[state.cache_floats]);
     attention_reserve(state.attention_scratch, n_threads, n_ctx);
 }
 
@@ -239,8 +239,8 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
     const AttentionShape shape{h.n_head, h.n_head_kv, h.head_dim};
     for (int64_t il = 0; il < h.n_layer; ++il) {
         const LlamaLayer &layer = model.layers[size_t(il)];
-        float *k_layer = s.k_cache.data() + size_t(il) * size_t(s.n_ctx) * size_t(kv_dim);  // [n_ctx, kv_dim]
-        float *v_layer = s.v_cache.data() + size_t(il) * size_t(s.n_ctx) * size_t(kv_dim);
+        float *k_layer = s.k_cache.get() + size_t(il) * size_t(s.n_ctx) * size_t(kv_dim);  // [n_ctx, kv_dim]
+        float *v_layer = s.v_cache.get() + size_t(il) * size_t(s.n_ctx) * size_t(kv_dim);
         // The batch's keys and values go straight into their cache rows: the cache row layout is the
         // projection's output layout.
         float *k_new = k_layer + n_past * kv_dim;  // [n_tokens, n_head_kv, head_dim]

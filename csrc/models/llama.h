@@ -64,7 +64,11 @@ LlamaModel qwen2_load(const GGUFFile &file);        // qwen2.cpp
 // sized for the largest batch seen so far.
 struct LlamaState {
     int64_t n_ctx = 0;
-    std::vector<float> k_cache, v_cache;  // [n_layer, n_ctx, n_head_kv * head_dim] each
+    // [n_layer, n_ctx, n_head_kv * head_dim] each, left uninitialised: a position is written before any query
+    // reads it, and the pages of positions never reached are never touched, so they cost address space but no
+    // memory (a 32k-position cache for a chat of a few hundred tokens stays a few MB resident).
+    std::unique_ptr<float[]> k_cache, v_cache;
+    size_t cache_floats = 0;  // of each
     // Activations of one batch; resized by llama_forward.
     std::vector<float> x;      // [n_tokens, n_embd] residual stream
     std::vector<float> x_norm; // [n_tokens, n_embd]

@@ -95,7 +95,7 @@ public:
 
     int n_ctx() const override { return int(state_.n_ctx); }
     int n_vocab() const override { return engine_->n_vocab(); }
-    size_t state_size() const override { return (state_.k_cache.size() + state_.v_cache.size()) * sizeof(float); }
+    size_t state_size() const override { return 2 * state_.cache_floats * sizeof(float); }
 
 private:
     std::shared_ptr<const EngineImpl> engine_;
