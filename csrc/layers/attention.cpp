@@ -9,9 +9,9 @@ namespace flashmtp {
 
 namespace {
 
-// Every reduction below runs in kLanes interleaved partial sums, added pairwise at the end: a fixed order
-// (the same bits for a query whatever its batch) that the compiler keeps in one or two vector registers,
-// which a single running sum, without -ffast-math, forbids.
+// The reductions below run in kLanes interleaved partial sums, added pairwise at the end: a fixed order (the
+// same bits for a query whatever its batch) that the compiler keeps in vector registers, which a single
+// running sum, without -ffast-math, forbids. Query-key dots use the f32 dot kernel.
 constexpr int64_t kLanes = 16;
 
 float sum_lanes(float (&lanes)[kLanes]) {
@@ -19,16 +19,6 @@ float sum_lanes(float (&lanes)[kLanes]) {
         for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
     }
     return lanes[0];
-}
-
-float dot_lanes(const float *a, const float *b, int64_t n) {
-    float lanes[kLanes] = {};
-    int64_t d = 0;
-    for (; d + kLanes <= n; d += kLanes) {
-        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += a[d + l] * b[d + l];
-    }
-    for (int64_t l = 0; d + l < n; ++l) lanes[l] += a[d + l] * b[d + l];
-    return sum_lanes(lanes);
 }
 
 float sum_floats(const float *x, int64_t n) {
@@ -80,7 +70,9 @@ void attention(const AttentionShape &shape, const float *q, const float *k_cache
     const int64_t group = shape.n_head / shape.n_head_kv;
     const int64_t kv_stride = shape.n_head_kv * head_dim;  // floats from one cache position to the next
     const float scale = 1.0f / std::sqrt(float(head_dim));
-    const ExpRowFn exp_row = kernels().exp_row;
+    const KernelTable &table = kernels();
+    const VecDotFn dot = table.vec_dot[DTYPE_F32];  // f32 x f32: the float dot kernel (kernels.h)
+    const ExpRowFn exp_row = table.exp_row;
 
     pool.parallel_for(n_tokens * shape.n_head, [&](int64_t task, int thread) {
         const int64_t t = task / shape.n_head, h = task % shape.n_head;
@@ -92,7 +84,8 @@ void attention(const AttentionShape &shape, const float *q, const float *k_cache
 
         float max_score = -INFINITY;
         for (int64_t j = 0; j < n_keys; ++j) {
-            scores[j] = dot_lanes(qh, k + j * kv_stride, head_dim) * scale;
+            dot(head_dim, k + j * kv_stride, qh, 0, 1, &scores[j]);
+            scores[j] *= scale;
             if (scores[j] > max_score) max_score = scores[j];
         }
         exp_row(n_keys, scores, max_score, scores);
