@@ -1,5 +1,5 @@
-// The compiled CLI's chat formatter (runtime/chat.h) for Python: _core.ChatTemplate. Python chats render the
-// jinja template itself (flashmtp.chat); this binding lets tests compare the two.
+// runtime/chat.h for Python: the compiled CLI's chat formatter, _core.ChatTemplate (Python chats render the
+// jinja template itself, flashmtp.chat; the binding lets tests compare the two), and chat_prompt_tokens.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -51,6 +51,11 @@ void bind_chat(py::module_ &m) {
                                [](const ChatTemplate &t) { return chat_template_family_name(t.family()); })
         .def_property_readonly("default_system", &ChatTemplate::default_system)
         .def_property_readonly("has_file_template", &ChatTemplate::has_file_template);
+
+    m.def("chat_prompt_tokens", &chat_prompt_tokens, py::arg("tokenizer"), py::arg("text"),
+          py::call_guard<py::gil_scoped_release>(),
+          "Token ids of a rendered chat prompt as llama.cpp tokenizes it: control tokens parsed, BOS added "
+          "when the tokenizer asks for it, a BOS the template wrote cut first");
 }
 
 }  // namespace flashmtp

@@ -179,6 +179,14 @@ ChatTemplate ChatTemplate::from_gguf(const GGUFFile &file, const Tokenizer &toke
     return t;
 }
 
+std::vector<int32_t> chat_prompt_tokens(const Tokenizer &tokenizer, std::string_view text) {
+    if (tokenizer.add_bos()) {
+        const std::string &bos = tokenizer.token_text(tokenizer.bos_id());
+        if (!bos.empty() && text.substr(0, bos.size()) == bos) text.remove_prefix(bos.size());
+    }
+    return tokenizer.encode(text, true, true);
+}
+
 std::string ChatTemplate::apply(const std::vector<ChatMessage> &messages, bool add_generation_prompt) const {
     if (messages.empty()) throw std::invalid_argument("chat: the conversation has no messages");
     for (const ChatMessage &m : messages) check_role(m);

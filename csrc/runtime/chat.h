@@ -13,6 +13,7 @@
 // Other templates are refused with an error pointing to the Python `flashmtp chat`, which runs any template.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -63,5 +64,9 @@ private:
     std::string default_system_;
     bool has_file_template_ = true;
 };
+
+// Token ids of a rendered chat prompt, as llama.cpp tokenizes it (common/chat.cpp): control-token text parsed,
+// BOS added when the tokenizer asks for it, after cutting a BOS text the template wrote itself.
+std::vector<int32_t> chat_prompt_tokens(const Tokenizer &tokenizer, std::string_view text);
 
 }  // namespace flashmtp

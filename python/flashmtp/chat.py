@@ -15,9 +15,9 @@ lstrip_blocks, the loopcontrols extension and ``{% generation %}`` blocks, ``rai
 text with transformers' on both real models.
 
 The rendered prompt is tokenized as llama.cpp does (common/chat.cpp): control-token text such as
-``<|im_start|>`` becomes those tokens, BOS is added when the tokenizer asks for it, and a BOS the template wrote
-itself is cut from the text first so it is not doubled. A file without a chat template gets ChatML, as in
-llama.cpp, with a warning. Generation stops at any end-of-generation token (``Tokenizer.eog_ids``: EOS and
+``<|im_start|>`` becomes those tokens, BOS is added when the tokenizer asks for it, and a BOS the template
+wrote itself is cut from the text first so it is not doubled. A file without a chat template gets ChatML, as
+in llama.cpp, with a warning. Generation stops at any end-of-generation token (``Tokenizer.eog_ids``: EOS and
 end-of-turn tokens such as ``<|im_end|>``).
 """
 
@@ -33,6 +33,7 @@ from flashmtp import _core
 
 if TYPE_CHECKING:
     import jinja2
+
     from flashmtp.model import Model
 
 __all__ = ["CHATML_TEMPLATE", "Chat", "ChatTemplate", "check_messages", "prompt_tokens"]
@@ -123,12 +124,10 @@ class ChatTemplate:
         return cls(source, bos_token=bos, eos_token=eos)
 
 
-def prompt_tokens(tokenizer: _core.Tokenizer, template: ChatTemplate, text: str) -> list[int]:
+def prompt_tokens(tokenizer: _core.Tokenizer, text: str) -> list[int]:
     """Token ids of a rendered prompt, as llama.cpp tokenizes it: control-token text parsed, BOS added when
-    the tokenizer asks for it, after cutting a BOS the template already wrote."""
-    if tokenizer.add_bos and template.bos_token and text.startswith(template.bos_token):
-        text = text[len(template.bos_token):]
-    return tokenizer.encode(text, True, True)
+    the tokenizer asks for it, after cutting a BOS the template already wrote (the C++ CLI's function)."""
+    return _core.chat_prompt_tokens(tokenizer, text)
 
 
 def check_messages(messages: Sequence[Message]) -> None:
@@ -171,7 +170,7 @@ class Chat:
         """Add a user message and generate the assistant's reply, which joins the conversation once complete.
         ``ValueError`` (the conversation unchanged) if the conversation no longer fits the context."""
         messages = [*self.messages, {"role": "user", "content": text}]
-        prompt = prompt_tokens(self.model.tokenizer, self.template, self.template.render(messages))
+        prompt = prompt_tokens(self.model.tokenizer, self.template.render(messages))
         generation = _core.Generation(self.session, self.model.tokenizer, prompt, self._cached,
                                       **self.sampling)
         self._cached = generation.tokens[:generation.n_past]  # the constructor rewound past the rest

@@ -13,6 +13,7 @@ import time
 from typing import TextIO
 
 import jinja2
+
 from flashmtp.chat import Chat
 
 

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--min-p", type=float, default=0.05, help="0 disables")
     chat.add_argument("--seed", type=_non_negative_int, default=0)
     chat.add_argument("-t", "--threads", type=int, default=2)
-    chat.add_argument("-c", "--ctx", type=int, default=0, help="context positions (0: 4096 or the training one)")
+    chat.add_argument("-c", "--ctx", type=int, default=0,
+                      help="context positions (0: 4096, at most the training context)")
     chat.set_defaults(run=_run_chat)
 
     bench = sub.add_parser("bench", help="benchmarks")

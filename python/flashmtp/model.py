@@ -97,7 +97,8 @@ class Model:
     def chat(self, messages: Sequence[Message], max_tokens: int = 512, temperature: float = 0.8,
              top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int = 0, stream: bool = False,
              n_ctx: int | None = None, template: ChatTemplate | None = None) -> str | Iterator[str]:
-        """The assistant's reply to messages (``[{"role": "user", "content": "..."}, ...]``) on a fresh session.
+        """The assistant's reply to messages (``[{"role": "user", "content": "..."}, ...]``), on a fresh
+        session.
 
         The conversation is rendered with the chat template (default: the file's, see :attr:`chat_template`;
         ``template`` overrides it) followed by the assistant's header, tokenized as llama.cpp does (control
@@ -107,7 +108,7 @@ class Model:
         """
         check_messages(messages)
         template = template or self.chat_template
-        prompt = prompt_tokens(self.tokenizer, template, template.render(messages))
+        prompt = prompt_tokens(self.tokenizer, template.render(messages))
         session = self.session(n_ctx or min(len(prompt) + max_tokens, self.n_ctx_train))
         generation = _core.Generation(session, self.tokenizer, prompt, [], max_tokens, temperature, top_k,
                                       top_p, min_p, seed)
