@@ -35,7 +35,8 @@ void bind_generate(py::module_ &m) {
         });
 
     // The generation keeps a reference to its tokenizer (keep_alive); its session keeps the engine alive.
-    py::class_<Generation>(m, "Generation", "One prompt's generation over a fresh session, stepped per token.")
+    py::class_<Generation>(m, "Generation",
+                           "One prompt's generation, stepped per token, over a fresh session or a kept one (chat).")
         .def(py::init([](const Engine &engine, const Tokenizer &tokenizer, const std::string &prompt,
                          int max_tokens, int n_ctx, float temperature, int top_k, float top_p, float min_p,
                          uint64_t seed, bool add_special, bool parse_special) {

@@ -21,14 +21,14 @@ Generation::Generation(const Engine &engine, const Tokenizer &tokenizer, std::st
       sampler_(params.sampler),
       text_(tokenizer),
       tokens_(tokenizer.encode(prompt, params.add_special, params.parse_special)) {
+    check_request();
     if (params.n_ctx < 0) {
         throw std::invalid_argument("generate: n_ctx must be >= 0 (0: fit the request), got " +
                                     std::to_string(params.n_ctx));
     }
-    // The last sampled token is never decoded, but asking for its position too keeps the rule simple.
-    const int64_t needed = int64_t(tokens_.size()) + std::max(params.max_tokens, 0);
+    const int64_t needed = int64_t(tokens_.size()) + params.max_tokens;
     const int n_ctx = params.n_ctx > 0 ? params.n_ctx : int(std::min<int64_t>(needed, engine.n_ctx_train()));
-    check_and_init(n_ctx, params.n_ctx == 0);
+    check_fits(n_ctx, params.n_ctx == 0);
     owned_session_ = engine.new_session(n_ctx);
     session_ = owned_session_.get();
     logits_.resize(size_t(session_->n_vocab()));
@@ -42,7 +42,8 @@ Generation::Generation(Session &session, const Tokenizer &tokenizer, std::vector
       sampler_(params.sampler),
       text_(tokenizer),
       tokens_(std::move(prompt)) {
-    check_and_init(session.n_ctx(), false);
+    check_request();
+    check_fits(session.n_ctx(), false);
     if (size_t(session.n_past()) < cached.size()) {
         throw std::invalid_argument("generate: " + std::to_string(cached.size()) +
                                     " cached tokens given, but the session holds only " +
@@ -56,11 +57,16 @@ Generation::Generation(Session &session, const Tokenizer &tokenizer, std::vector
     logits_.resize(size_t(session.n_vocab()));
 }
 
-void Generation::check_and_init(int n_ctx, bool n_ctx_is_training) {
+void Generation::check_request() {
     if (params_.max_tokens < 1) {
         throw std::invalid_argument("generate: max_tokens must be >= 1, got " + std::to_string(params_.max_tokens));
     }
     if (tokens_.empty()) throw std::invalid_argument("generate: the prompt is empty (no tokens to decode)");
+    stats_.n_prompt = int(tokens_.size());
+}
+
+void Generation::check_fits(int n_ctx, bool n_ctx_is_training) const {
+    // The last sampled token is never decoded, but asking for its position too keeps the rule simple.
     const int64_t needed = int64_t(tokens_.size()) + params_.max_tokens;
     if (needed > n_ctx) {
         throw std::invalid_argument("generate: prompt (" + std::to_string(tokens_.size()) + " tokens) + max_tokens (" +
@@ -68,7 +74,6 @@ void Generation::check_and_init(int n_ctx, bool n_ctx_is_training) {
                                     " exceeds the context of " + std::to_string(n_ctx) + " positions" +
                                     (n_ctx_is_training ? " (the model's training context)" : ""));
     }
-    stats_.n_prompt = int(tokens_.size());
 }
 
 bool Generation::step(std::string &piece) {

@@ -68,8 +68,9 @@ public:
     const Session &session() const { return *session_; }
 
 private:
-    // The shared part of both constructors: argument checks, context check, sizing of the logits.
-    void check_and_init(int n_ctx, bool n_ctx_is_training);
+    // Shared by both constructors: max_tokens and a non-empty prompt; then whether prompt + max_tokens fit.
+    void check_request();
+    void check_fits(int n_ctx, bool n_ctx_is_training) const;
 
     const Tokenizer &tokenizer_;
     GenerateParams params_;

@@ -359,6 +359,22 @@ def test_chat_reuses_cache_with_identical_replies(tiny: Model, which: str) -> No
         [msg("system", "Be brief."), msg("user", "Hello, who are you?")], max_tokens=24, temperature=0)
 
 
+def test_generation_over_kept_session_checks_its_cache(tiny: Model) -> None:
+    session = tiny.session(n_ctx=64)
+    with pytest.raises(ValueError, match="3 cached tokens given, but the session holds only 0"):
+        _core.Generation(session, tiny.tokenizer, [1, 2, 3, 4], [1, 2, 3], 4, 0.0, 40, 0.95, 0.05, 0)
+    # A prompt entirely in the cache decodes its last token again (its logits pick the next token).
+    first = _core.Generation(session, tiny.tokenizer, [5, 6, 7], [], 2, 0.0, 40, 0.95, 0.05, 0)
+    while first.step() is not None:
+        pass
+    cached = first.tokens[:first.n_past]
+    again = _core.Generation(session, tiny.tokenizer, [5, 6, 7], cached, 2, 0.0, 40, 0.95, 0.05, 0)
+    assert again.stats.n_reused == 2 and session.n_past == 2
+    while again.step() is not None:
+        pass
+    assert again.tokens == first.tokens
+
+
 def test_chat_context_overflow_leaves_conversation(tiny: Model) -> None:
     chat = Chat(tiny, max_tokens=8, temperature=0, n_ctx=96)
     chat.send("hi")
