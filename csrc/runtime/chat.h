@@ -11,6 +11,8 @@
 //   gemma      "<start_of_turn>"
 //   deepseek3  "<｜User｜>" + "<｜Assistant｜>" + "<｜end▁of▁sentence｜>"   DeepSeek V3 and later
 // Other templates are refused with an error pointing to the Python `flashmtp chat`, which runs any template.
+// Extras of later template versions are left out, as llama.cpp's built-ins leave them out: Llama 3.1's dated
+// system header, tool calls, DeepSeek R1's "<think>" opening.
 #pragma once
 
 #include <cstdint>

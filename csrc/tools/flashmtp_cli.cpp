@@ -22,6 +22,7 @@
 #include "flashmtp.h"
 #include "runtime/chat.h"
 #include "runtime/generate.h"
+#include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
 
 namespace {
@@ -137,6 +138,8 @@ int cmd_chat(const Args &args) {
     }
     if (model.empty()) throw UsageError{"chat needs -m MODEL"};
     if (n_ctx < 0) throw UsageError{"-c must be >= 0, got " + std::to_string(n_ctx)};
+    if (params.max_tokens < 1) throw UsageError{"-n must be >= 1, got " + std::to_string(params.max_tokens)};
+    flashmtp::Sampler{params.sampler};  // bad settings fail here, not at every turn
 
     const auto t0 = std::chrono::steady_clock::now();
     const auto engine = flashmtp::Engine::load(model, n_threads);
@@ -180,7 +183,7 @@ int cmd_chat(const Args &args) {
             const std::vector<int32_t> prompt =
                 flashmtp::chat_prompt_tokens(tokenizer, chat_template.apply(turn, true));
             generation.emplace(*session, tokenizer, prompt, cached, params);
-        } catch (const std::invalid_argument &e) {  // too long for the context: the conversation stays as it was
+        } catch (const std::invalid_argument &e) {  // too long for the context, or refused by the template
             std::fprintf(stderr, "flashmtp-cli chat: error: %s (/reset starts over)\n", e.what());
             continue;
         }

@@ -11,8 +11,8 @@ their KV cache between turns.
 Rendering follows transformers' ``apply_chat_template``: an ImmutableSandboxedEnvironment with trim_blocks and
 lstrip_blocks, the loopcontrols extension and ``{% generation %}`` blocks, ``raise_exception``,
 ``strftime_now``, a ``tojson`` filter that keeps non-ASCII text, and the variables ``messages``,
-``add_generation_prompt``, ``bos_token``, ``eos_token`` and ``tools``. tests/python/test_chat.py compares the
-text with transformers' on both real models.
+``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools`` and ``documents``.
+tests/python/test_chat.py compares the text with transformers' on both real models.
 
 The rendered prompt is tokenized as llama.cpp does (common/chat.cpp): control-token text such as
 ``<|im_start|>`` becomes those tokens, BOS is added when the tokenizer asks for it, and a BOS the template
@@ -100,10 +100,12 @@ class ChatTemplate:
         self._template = _compile(source)  # jinja2.TemplateSyntaxError here for a broken template
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-               tools: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any) -> str:
-        """Prompt text of messages; extra keyword arguments become template variables (as in transformers).
-        A template's ``raise_exception`` raises ``jinja2.TemplateError`` with its message."""
-        return self._template.render(messages=[dict(m) for m in messages], tools=tools,
+               tools: Sequence[Mapping[str, Any]] | None = None,
+               documents: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any) -> str:
+        """Prompt text of messages; tools (JSON schemas), documents and extra keyword arguments become
+        template variables, as in transformers. A template's ``raise_exception`` raises
+        ``jinja2.TemplateError`` with its message."""
+        return self._template.render(messages=[dict(m) for m in messages], tools=tools, documents=documents,
                                      add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
                                      eos_token=self.eos_token, **kwargs)
 
@@ -149,10 +151,13 @@ class Chat:
                  template: ChatTemplate | None = None, max_tokens: int = 512, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int = 0) -> None:
         """n_ctx: positions of the conversation's session (default: 4096, at most the training context).
-        The sampling settings apply to every reply."""
+        The sampling settings apply to every reply; bad ones raise ``ValueError`` here."""
         self.model = model
         self.template = template or model.chat_template
         self.system = system
+        if max_tokens < 1:
+            raise ValueError(f"chat: max_tokens must be >= 1, got {max_tokens}")
+        _core.Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)  # validates
         self.sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                              min_p=min_p, seed=seed)
         self.session = model.session(n_ctx or min(4096, model.n_ctx_train))

@@ -425,6 +425,9 @@ def test_chat_command_errors(tmp_path: Path, cli_binary: str, which: str) -> Non
     result = run([*cmd, "-m", str(TINY), "-n", "4", "-c", "24", "--temp", "0"], "word " * 30 + "\nhi\n")
     assert result.returncode == 0, result.stderr
     assert "exceeds the context of 24 positions" in result.stderr and result.stderr.count("[prompt:") == 1
+    # Bad sampler settings end the command before the first turn.
+    result = run([*cmd, "-m", str(TINY), "--top-p", "2"], "hi\n")
+    assert result.returncode in (1, 2) and "top_p" in result.stderr and "[prompt:" not in result.stderr
     if which == "compiled":  # a template of no built-in family
         custom = {"tokenizer.chat_template": "{{ messages[0].content }}"}
         path = tiny_with_metadata(tmp_path, "custom.gguf", custom)
