@@ -362,9 +362,9 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
 
 // As llama.cpp's llama_vocab::load: GGUF files rarely name their end-of-turn tokens, so they are also found
 // by their text. llama.cpp takes the first FIM-token text match in hash order; every match is taken here
-// (deterministic; the extra candidates are never sampled in a reply). Entries llama.cpp added later for
-// vocabularies refused above, with their own exceptions (gpt-oss, gemma4, Kimi-K2, paddleocr), are left out:
-// the last one's "</s>" would end Qwen2.5 replies at a plain-text token.
+// (deterministic; a vocabulary rarely holds two). Entries llama.cpp added later for vocabularies refused
+// above, with their own exceptions (gpt-oss, gemma4, Kimi-K2, paddleocr), are left out: paddleocr's "</s>"
+// would end Qwen2.5 replies at a plain-text token.
 void Tokenizer::find_eog_ids(const GGUFFile &file) {
     static const char *const kEogTexts[] = {
         "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
