@@ -1,10 +1,11 @@
 // The generation loop (runtime/generate.h) for Python: _core.Generation, stepped by flashmtp.Model.generate
-// (one step per token, the GIL released while the model runs), and its statistics.
+// and chat (one step per token, the GIL released while the model runs), and its statistics.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "bindings.h"
 #include "flashmtp.h"
@@ -18,20 +19,24 @@ namespace flashmtp {
 void bind_generate(py::module_ &m) {
     py::class_<GenerateStats>(m, "GenerateStats", "Token counts and timings of one generation.")
         .def_readonly("n_prompt", &GenerateStats::n_prompt, "prompt tokens, BOS included")
-        .def_readonly("n_generated", &GenerateStats::n_generated, "sampled tokens, an ending EOS included")
+        .def_readonly("n_reused", &GenerateStats::n_reused, "leading prompt tokens kept from a session's cache")
+        .def_readonly("n_generated", &GenerateStats::n_generated,
+                      "sampled tokens, an ending end-of-generation token included")
         .def_readonly("stopped_at_eos", &GenerateStats::stopped_at_eos)
         .def_readonly("prefill_s", &GenerateStats::prefill_s, "seconds of the prompt's decode")
         .def_readonly("generate_s", &GenerateStats::generate_s, "seconds of sampling and decoding after it")
         .def_property_readonly("prompt_tokens_per_s", &GenerateStats::prompt_tokens_per_s)
         .def_property_readonly("generated_tokens_per_s", &GenerateStats::generated_tokens_per_s)
         .def("__repr__", [](const GenerateStats &s) {
-            return "GenerateStats(n_prompt=" + std::to_string(s.n_prompt) + ", n_generated=" +
+            return "GenerateStats(n_prompt=" + std::to_string(s.n_prompt) + ", n_reused=" +
+                   std::to_string(s.n_reused) + ", n_generated=" +
                    std::to_string(s.n_generated) + ", prefill_s=" + std::to_string(s.prefill_s) +
                    ", generate_s=" + std::to_string(s.generate_s) + ")";
         });
 
     // The generation keeps a reference to its tokenizer (keep_alive); its session keeps the engine alive.
-    py::class_<Generation>(m, "Generation", "One prompt's generation over a fresh session, stepped per token.")
+    py::class_<Generation>(m, "Generation",
+                           "One prompt's generation, stepped per token, over a fresh session or a kept one (chat).")
         .def(py::init([](const Engine &engine, const Tokenizer &tokenizer, const std::string &prompt,
                          int max_tokens, int n_ctx, float temperature, int top_k, float top_p, float min_p,
                          uint64_t seed, bool add_special, bool parse_special) {
@@ -50,6 +55,24 @@ void bind_generate(py::module_ &m) {
              py::arg("engine"), py::arg("tokenizer"), py::arg("prompt"), py::arg("max_tokens"), py::arg("n_ctx"),
              py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("seed"),
              py::arg("add_special") = true, py::arg("parse_special") = false, py::keep_alive<1, 3>())
+        // Over a kept session (a chat): keeps the session and the tokenizer alive.
+        .def(py::init([](Session &session, const Tokenizer &tokenizer, std::vector<int32_t> prompt,
+                         const std::vector<int32_t> &cached, int max_tokens, float temperature, int top_k,
+                         float top_p, float min_p, uint64_t seed) {
+                 GenerateParams p;
+                 p.max_tokens = max_tokens;
+                 p.sampler.temperature = temperature;
+                 p.sampler.top_k = top_k;
+                 p.sampler.top_p = top_p;
+                 p.sampler.min_p = min_p;
+                 p.sampler.seed = seed;
+                 return std::make_unique<Generation>(session, tokenizer, std::move(prompt), cached, p);
+             }),
+             py::arg("session"), py::arg("tokenizer"), py::arg("prompt"), py::arg("cached"), py::arg("max_tokens"),
+             py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("seed"),
+             py::keep_alive<1, 2>(), py::keep_alive<1, 3>(),
+             "Prompt token ids over a session holding `cached` (earlier tokens): only the part after their "
+             "common prefix is decoded.")
         .def("step",
              [](Generation &g) -> py::object {
                  std::string piece;
@@ -66,6 +89,8 @@ void bind_generate(py::module_ &m) {
              },
              "The next token's text (possibly ''), or None once generation has ended.")
         .def_property_readonly("tokens", &Generation::tokens, "prompt tokens, then generated ones")
+        .def_property_readonly("n_past", [](const Generation &g) { return g.session().n_past(); },
+                               "positions of the session decoded: tokens[:n_past] are in its cache")
         .def_property_readonly("stats", &Generation::stats);
 }
 

@@ -19,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
     flashmtp::bind_sampler(m);
     flashmtp::bind_tokenizer(m);
     flashmtp::bind_generate(m);
+    flashmtp::bind_chat(m);
 }

@@ -62,6 +62,9 @@ void bind_tokenizer(py::module_ &m) {
         .def_property_readonly("n_vocab", &Tokenizer::n_vocab)
         .def_property_readonly("bos_id", &Tokenizer::bos_id)
         .def_property_readonly("eos_id", &Tokenizer::eos_id)
+        .def_property_readonly("eog_ids", &Tokenizer::eog_ids,
+                               "End-of-generation ids (EOS, end-of-turn, FIM separators), sorted")
+        .def("is_eog", &Tokenizer::is_eog, py::arg("id"))
         .def_property_readonly("add_bos", &Tokenizer::add_bos)
         .def_property_readonly("pre", [](const Tokenizer &t) { return pre_name(t.pre()); });
 

@@ -356,8 +356,59 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
     t.add_bos_ = file.has("tokenizer.ggml.add_bos_token") ? file.get_bool("tokenizer.ggml.add_bos_token")
                                                           : default_add_bos;
     if (t.add_bos_ && t.bos_id_ < 0) fail(file, "tokenizer.ggml.add_bos_token is set but no bos_token_id");
+    t.find_eog_ids(file);
     return t;
 }
+
+// As llama.cpp's llama_vocab::load: GGUF files rarely name their end-of-turn tokens, so they are also found
+// by their text. llama.cpp takes the first FIM-token text match in hash order; every match is taken here
+// (deterministic; a vocabulary rarely holds two). Entries llama.cpp added later for vocabularies refused
+// above, with their own exceptions (gpt-oss, gemma4, Kimi-K2, paddleocr), are left out: paddleocr's "</s>"
+// would end Qwen2.5 replies at a plain-text token.
+void Tokenizer::find_eog_ids(const GGUFFile &file) {
+    static const char *const kEogTexts[] = {
+        "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
+        "<|end_of_text|>", "<end_of_utterance>",
+    };
+    // FIM tokens (fill-in-the-middle padding and separators) end generation too; by text when not named.
+    struct FimToken {
+        const char *key;
+        std::vector<const char *> texts;
+    };
+    static const FimToken kFimTokens[] = {
+        {"tokenizer.ggml.fim_pad_token_id", {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>"}},
+        {"tokenizer.ggml.fim_rep_token_id",
+         {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"}},
+        {"tokenizer.ggml.fim_sep_token_id", {"<|file_sep|>"}},
+    };
+    const auto add_text = [&](const char *text) {
+        const auto it = ids_.find(text);
+        if (it != ids_.end()) eog_ids_.push_back(it->second);
+    };
+    const auto add_key = [&](const char *key) {
+        if (!file.has(key)) return false;
+        const uint32_t id = file.get_u32(key);
+        if (id >= tokens_.size()) {
+            fail(file, std::string(key) + " = " + std::to_string(id) + " is outside the vocabulary of " +
+                           std::to_string(tokens_.size()));
+        }
+        eog_ids_.push_back(int32_t(id));
+        return true;
+    };
+    for (const char *text : kEogTexts) add_text(text);
+    for (const FimToken &fim : kFimTokens) {
+        if (!add_key(fim.key)) {
+            for (const char *text : fim.texts) add_text(text);
+        }
+    }
+    add_key("tokenizer.ggml.eot_token_id");
+    add_key("tokenizer.ggml.eom_token_id");
+    if (eos_id_ >= 0) eog_ids_.push_back(eos_id_);
+    std::sort(eog_ids_.begin(), eog_ids_.end());
+    eog_ids_.erase(std::unique(eog_ids_.begin(), eog_ids_.end()), eog_ids_.end());
+}
+
+bool Tokenizer::is_eog(int32_t id) const { return std::binary_search(eog_ids_.begin(), eog_ids_.end(), id); }
 
 // ---- encoding ------------------------------------------------------------------------------------------------------
 

@@ -67,6 +67,10 @@ public:
     TokenType token_type(int32_t id) const;
     int32_t bos_id() const { return bos_id_; }  // -1 if the file names none
     int32_t eos_id() const { return eos_id_; }  // -1 if the file names none
+    // End-of-generation tokens (llama.cpp's EOG set): EOS, end-of-turn tokens such as "<|im_end|>" or
+    // "<|eot_id|>", and the FIM separators; sampling one ends a reply. Sorted ids.
+    const std::vector<int32_t> &eog_ids() const { return eog_ids_; }
+    bool is_eog(int32_t id) const;
     bool add_bos() const { return add_bos_; }
     TokenizerPre pre() const { return pre_; }
 
@@ -82,6 +86,7 @@ private:
     };
 
     void check_id(int32_t id) const;
+    void find_eog_ids(const GGUFFile &file);
     // Appends the tokens of a span holding no special token.
     void encode_plain(std::string_view text, std::vector<int32_t> &out) const;
     // Appends the BPE tokens of one pre-tokenizer word.
@@ -102,6 +107,7 @@ private:
     int32_t bos_id_ = -1;
     int32_t eos_id_ = -1;
     bool add_bos_ = false;
+    std::vector<int32_t> eog_ids_;  // sorted
 };
 
 // Turns a stream of token ids into text that never ends inside a UTF-8 character: push() returns the

@@ -1,12 +1,16 @@
 // flashmtp-cli: the compiled command line (no Python). One function per subcommand, listed in kCommands;
 // a wrong command line ends as a message and the usage on stderr and exit status 2 (as argparse does), every
 // other error as a message on stderr and exit status 1.
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,7 +20,9 @@
 #include "core/gguf.h"
 #include "core/gguf_summary.h"
 #include "flashmtp.h"
+#include "runtime/chat.h"
 #include "runtime/generate.h"
+#include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
 
 namespace {
@@ -103,6 +109,104 @@ int cmd_run(const Args &args) {
     return 0;
 }
 
+// The same conversation loop as the Python `flashmtp chat` (python/flashmtp/chat_cli.py), with the built-in
+// chat formatter instead of jinja: one stdin line per user message, the reply streamed to stdout and one
+// statistics line per reply on stderr; /reset forgets the conversation, /exit or end of input quits. The
+// session is kept between turns and only the tokens after the common prefix are decoded.
+int cmd_chat(const Args &args) {
+    std::string model;
+    std::optional<std::string> system;
+    int n_threads = 2;
+    int n_ctx = 0;
+    flashmtp::GenerateParams params;
+    params.max_tokens = 512;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string &a = args[i];
+        if (i + 1 >= args.size()) throw UsageError{"unknown option or missing value: '" + a + "'"};
+        const std::string &v = args[++i];
+        if (a == "-m" || a == "--model") model = v;
+        else if (a == "--system") system = v;
+        else if (a == "-n" || a == "--max-tokens") params.max_tokens = parse_number<int>(a, v);
+        else if (a == "--temp") params.sampler.temperature = parse_number<float>(a, v);
+        else if (a == "--top-k") params.sampler.top_k = parse_number<int32_t>(a, v);
+        else if (a == "--top-p") params.sampler.top_p = parse_number<float>(a, v);
+        else if (a == "--min-p") params.sampler.min_p = parse_number<float>(a, v);
+        else if (a == "--seed") params.sampler.seed = parse_number<uint64_t>(a, v);
+        else if (a == "-t" || a == "--threads") n_threads = parse_number<int>(a, v);
+        else if (a == "-c" || a == "--ctx") n_ctx = parse_number<int>(a, v);
+        else throw UsageError{"unknown option '" + a + "'"};
+    }
+    if (model.empty()) throw UsageError{"chat needs -m MODEL"};
+    if (n_ctx < 0) throw UsageError{"-c must be >= 0, got " + std::to_string(n_ctx)};
+    if (params.max_tokens < 1) throw UsageError{"-n must be >= 1, got " + std::to_string(params.max_tokens)};
+    flashmtp::Sampler{params.sampler};  // bad settings fail here, not at every turn
+
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto engine = flashmtp::Engine::load(model, n_threads);
+    const auto file = flashmtp::GGUFFile::open(model);
+    const auto tokenizer = flashmtp::Tokenizer::from_gguf(*file);
+    const auto chat_template = flashmtp::ChatTemplate::from_gguf(*file, tokenizer);
+    if (!chat_template.has_file_template()) {
+        std::fprintf(stderr, "warning: %s has no tokenizer.chat_template; using ChatML (as llama.cpp does)\n",
+                     model.c_str());
+    }
+    const auto session = engine->new_session(n_ctx > 0 ? n_ctx : std::min(4096, engine->n_ctx_train()));
+    std::fprintf(stderr, "load: %.3f s (chat template: %s)\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 flashmtp::chat_template_family_name(chat_template.family()));
+
+    std::vector<flashmtp::ChatMessage> messages;
+    const auto reset = [&] {
+        messages.clear();
+        if (system) messages.push_back({"system", *system});
+    };
+    reset();
+    std::vector<int32_t> cached;  // the tokens in the session's first positions
+    const bool interactive = isatty(STDIN_FILENO);
+    std::string line;
+    while (true) {
+        if (interactive) std::fputs("> ", stderr);
+        if (!std::getline(std::cin, line)) break;
+        const size_t begin = line.find_first_not_of(" \t\r"), end = line.find_last_not_of(" \t\r");
+        if (begin == std::string::npos) continue;
+        const std::string command = line.substr(begin, end + 1 - begin);
+        if (command == "/exit") break;
+        if (command == "/reset") {
+            reset();
+            std::fputs("(conversation cleared)\n", stderr);
+            continue;
+        }
+        std::vector<flashmtp::ChatMessage> turn = messages;
+        turn.push_back({"user", line});
+        std::optional<flashmtp::Generation> generation;
+        try {
+            const std::vector<int32_t> prompt =
+                flashmtp::chat_prompt_tokens(tokenizer, chat_template.apply(turn, true));
+            generation.emplace(*session, tokenizer, prompt, cached, params);
+        } catch (const std::invalid_argument &e) {  // too long for the context, or refused by the template
+            std::fprintf(stderr, "flashmtp-cli chat: error: %s (/reset starts over)\n", e.what());
+            continue;
+        }
+        std::string reply, piece;
+        while (generation->step(piece)) {
+            std::fwrite(piece.data(), 1, piece.size(), stdout);
+            std::fflush(stdout);
+            reply += piece;
+            piece.clear();
+        }
+        std::fputc('\n', stdout);
+        std::fflush(stdout);
+        cached.assign(generation->tokens().begin(), generation->tokens().begin() + session->n_past());
+        turn.push_back({"assistant", reply});
+        messages = std::move(turn);
+        const flashmtp::GenerateStats &s = generation->stats();
+        std::fprintf(stderr, "[prompt: %d new tokens (%d cached), %.2f tokens/s; reply: %d tokens, %.2f tokens/s]\n",
+                     s.n_prompt - s.n_reused, s.n_reused, s.prompt_tokens_per_s(), s.n_generated,
+                     s.generated_tokens_per_s());
+    }
+    return 0;
+}
+
 struct Command {
     const char *name;
     const char *usage;
@@ -115,6 +219,8 @@ const Command kCommands[] = {
      cmd_info},
     {"run", "run -m MODEL -p PROMPT", "generate text: [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M]"
      " [--seed S] [-t THREADS] [-c CTX]", cmd_run},
+    {"chat", "chat -m MODEL", "interactive chat on stdin lines: [--system TEXT] [-n N] [--temp T] [--top-k K]"
+     " [--top-p P] [--min-p M] [--seed S] [-t THREADS] [-c CTX]", cmd_chat},
 };
 
 void print_help(FILE *out) {

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'dequantize', 'dtype_info', 'exp_row', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
+__all__: list[str] = ['ChatTemplate', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'dtype_info', 'exp_row', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
 class GGUFError(ValueError):
     pass
 class GGUFTensorBuffer:
@@ -192,6 +192,8 @@ class Tokenizer:
         """
         Token ids of text (str or UTF-8 bytes)
         """
+    def is_eog(self, id: typing.SupportsInt | typing.SupportsIndex) -> bool:
+        ...
     def token_bytes(self, id: typing.SupportsInt | typing.SupportsIndex) -> bytes:
         ...
     def token_text(self, id: typing.SupportsInt | typing.SupportsIndex) -> str:
@@ -206,6 +208,11 @@ class Tokenizer:
     @property
     def bos_id(self) -> int:
         ...
+    @property
+    def eog_ids(self) -> list[int]:
+        """
+        End-of-generation ids (EOS, end-of-turn, FIM separators), sorted
+        """
     @property
     def eos_id(self) -> int:
         ...
@@ -242,12 +249,17 @@ class GenerateStats:
     @property
     def n_generated(self) -> int:
         """
-        sampled tokens, an ending EOS included
+        sampled tokens, an ending end-of-generation token included
         """
     @property
     def n_prompt(self) -> int:
         """
         prompt tokens, BOS included
+        """
+    @property
+    def n_reused(self) -> int:
+        """
+        leading prompt tokens kept from a session's cache
         """
     @property
     def prefill_s(self) -> float:
@@ -262,13 +274,24 @@ class GenerateStats:
         ...
 class Generation:
     """
-    One prompt's generation over a fresh session, stepped per token.
+    One prompt's generation, stepped per token, over a fresh session or a kept one (chat).
     """
+    @typing.overload
     def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: str, max_tokens: typing.SupportsInt | typing.SupportsIndex, n_ctx: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, add_special: bool = True, parse_special: bool = False) -> None:
         ...
+    @typing.overload
+    def __init__(self, session: Session, tokenizer: Tokenizer, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], cached: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], max_tokens: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex) -> None:
+        """
+        Prompt token ids over a session holding `cached` (earlier tokens): only the part after their common prefix is decoded.
+        """
     def step(self) -> typing.Any:
         """
         The next token's text (possibly ''), or None once generation has ended.
+        """
+    @property
+    def n_past(self) -> int:
+        """
+        positions of the session decoded: tokens[:n_past] are in its cache
         """
     @property
     def stats(self) -> GenerateStats:
@@ -278,6 +301,37 @@ class Generation:
         """
         prompt tokens, then generated ones
         """
+class ChatTemplate:
+    """
+    Built-in chat formatter (chatml, llama3, gemma, deepseek3) recognised from a jinja template's text, as the compiled flashmtp-cli uses it
+    """
+    @staticmethod
+    def detect(source: str, bos_text: str = '') -> ChatTemplate:
+        """
+        Recognise a jinja chat template; ValueError if it is of no built-in family
+        """
+    @staticmethod
+    def from_gguf(path: str) -> ChatTemplate:
+        """
+        The file's tokenizer.chat_template (ChatML if it has none)
+        """
+    def apply(self, messages: list, add_generation_prompt: bool = True) -> str:
+        """
+        Prompt text of [{'role': ..., 'content': ...}, ...]
+        """
+    @property
+    def default_system(self) -> str:
+        ...
+    @property
+    def family(self) -> str:
+        ...
+    @property
+    def has_file_template(self) -> bool:
+        ...
+def chat_prompt_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
+    """
+    Token ids of a rendered chat prompt as llama.cpp tokenizes it: control tokens parsed, BOS added when the tokenizer asks for it, a BOS the template wrote cut first
+    """
 def dequantize(type: typing.SupportsInt | typing.SupportsIndex, raw: numpy.ndarray, n: typing.SupportsInt | typing.SupportsIndex, isa: str = '') -> numpy.typing.NDArray[numpy.float32]:
     """
     Dequantize raw blocks of `type` holding n elements to float32.

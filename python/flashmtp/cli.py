@@ -1,5 +1,5 @@
 """The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
-``flashmtp bench kernels``, ``flashmtp bench decode -m MODEL``."""
+``flashmtp chat -m MODEL``, ``flashmtp bench kernels``, ``flashmtp bench decode -m MODEL``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_chat(args: argparse.Namespace) -> int:
+    from flashmtp.chat_cli import run_chat
+
+    return run_chat(args)
+
+
 def _run_bench_decode(args: argparse.Namespace) -> int:
     from flashmtp.bench.decode import run_bench_decode
     from flashmtp.testing.models import MODELS, fetch
@@ -83,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-t", "--threads", type=int, default=2)
     run.add_argument("-c", "--ctx", type=int, default=0, help="context positions (0: prompt + max tokens)")
     run.set_defaults(run=_run_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat with the model's chat template (stdin lines)")
+    chat.add_argument("-m", "--model", required=True, help="path to a .gguf file")
+    chat.add_argument("--system", default=None, help="system message")
+    chat.add_argument("-n", "--max-tokens", dest="n", type=int, default=512, help="tokens per reply at most")
+    chat.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
+    chat.add_argument("--top-k", type=int, default=40, help="0 disables")
+    chat.add_argument("--top-p", type=float, default=0.95, help="1 disables")
+    chat.add_argument("--min-p", type=float, default=0.05, help="0 disables")
+    chat.add_argument("--seed", type=_non_negative_int, default=0)
+    chat.add_argument("-t", "--threads", type=int, default=2)
+    chat.add_argument("-c", "--ctx", type=int, default=0,
+                      help="context positions (0: 4096, at most the training context)")
+    chat.set_defaults(run=_run_chat)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)

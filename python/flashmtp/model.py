@@ -9,6 +9,7 @@
     text = model.generate("Once upon a time", max_tokens=32, temperature=0)   # greedy
     for piece in model.generate("Once upon a time", stream=True): ...         # text as it is sampled
     model.last_stats                                                          # token counts and timings
+    model.chat([{"role": "user", "content": "Hi"}])                          # the file's chat template
 
 Supported architectures: llama, qwen2. A malformed or unsupported file raises :class:`flashmtp.GGUFError`;
 bad token ids, a full context or a bad rewind position raise ``ValueError``.
@@ -21,6 +22,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from flashmtp import _core
+from flashmtp.chat import ChatTemplate, Message, check_messages, prompt_tokens
 
 __all__ = ["Model"]
 
@@ -39,6 +41,12 @@ class Model:
         """The file's tokenizer, read on first use: a file without tokenizer.ggml.* metadata still runs
         token ids (GGUFError only when text is asked for)."""
         return _core.Tokenizer.from_gguf(self.path)
+
+    @functools.cached_property
+    def chat_template(self) -> ChatTemplate:
+        """The file's tokenizer.chat_template (jinja), read on first use; ChatML with a warning if it has
+        none, as llama.cpp does."""
+        return ChatTemplate.from_model(self)
 
     @property
     def architecture(self) -> str:
@@ -83,6 +91,27 @@ class Model:
         """
         generation = _core.Generation(self.engine, self.tokenizer, prompt, max_tokens, n_ctx or 0,
                                       temperature, top_k, top_p, min_p, seed)
+        pieces = self._run(generation)
+        return pieces if stream else "".join(pieces)
+
+    def chat(self, messages: Sequence[Message], max_tokens: int = 512, temperature: float = 0.8,
+             top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int = 0, stream: bool = False,
+             n_ctx: int | None = None, template: ChatTemplate | None = None) -> str | Iterator[str]:
+        """The assistant's reply to messages (``[{"role": "user", "content": "..."}, ...]``), on a fresh
+        session.
+
+        The conversation is rendered with the chat template (default: the file's, see :attr:`chat_template`;
+        ``template`` overrides it) followed by the assistant's header, tokenized as llama.cpp does (control
+        tokens parsed, no doubled BOS: see flashmtp.chat), and continued until an end-of-generation token such
+        as ``<|im_end|>`` or max_tokens. Sampling, stream, n_ctx and :attr:`last_stats` as in generate().
+        For a conversation that goes on, :class:`flashmtp.chat.Chat` keeps the KV cache between turns.
+        """
+        check_messages(messages)
+        template = template or self.chat_template
+        prompt = prompt_tokens(self.tokenizer, template.render(messages))
+        session = self.session(n_ctx or min(len(prompt) + max_tokens, self.n_ctx_train))
+        generation = _core.Generation(session, self.tokenizer, prompt, [], max_tokens, temperature, top_k,
+                                      top_p, min_p, seed)
         pieces = self._run(generation)
         return pieces if stream else "".join(pieces)
 

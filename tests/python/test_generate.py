@@ -28,8 +28,9 @@ def tiny() -> Model:
 
 
 def oracle(model: Model, prompt: str, max_tokens: int, sampler: _core.Sampler | None = None) -> list[int]:
-    """Continuation of prompt: prefill, then pick/decode until max_tokens or EOS. Picks the argmax, or with a
-    sampler samples each token at its absolute position with everything before it as history."""
+    """Continuation of prompt: prefill, then pick/decode until max_tokens or an end-of-generation token. Picks
+    the argmax, or with a sampler samples each token at its absolute position with everything before it as
+    history."""
     tokens = model.tokenize(prompt)
     session = model.session(n_ctx=len(tokens) + max_tokens)
     logits = session.decode(np.array(tokens, dtype=np.int32), n_logits=1)[0]
@@ -40,7 +41,7 @@ def oracle(model: Model, prompt: str, max_tokens: int, sampler: _core.Sampler | 
         else:
             token = sampler.sample(logits, tokens + out, len(tokens) + len(out))
         out.append(token)
-        if token == model.tokenizer.eos_id:
+        if model.tokenizer.is_eog(token):
             break
         logits = session.decode(np.array([token], dtype=np.int32), n_logits=1)[0]
     return out
@@ -49,7 +50,7 @@ def oracle(model: Model, prompt: str, max_tokens: int, sampler: _core.Sampler | 
 def test_greedy_matches_oracle(tiny: Model) -> None:
     text = tiny.generate(PROMPT, max_tokens=24, temperature=0)
     ids = oracle(tiny, PROMPT, 24)
-    expected = tiny.detokenize([i for i in ids if i != tiny.tokenizer.eos_id])
+    expected = tiny.detokenize([i for i in ids if not tiny.tokenizer.is_eog(i)])
     assert text == expected
     assert tiny.generate(PROMPT, max_tokens=24, temperature=0) == text
     stats = tiny.last_stats
@@ -64,7 +65,7 @@ def test_seeded_sampling(tiny: Model) -> None:
     assert a == b
     assert a != c
     ids = oracle(tiny, PROMPT, 24, _core.Sampler(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1))
-    assert a == tiny.detokenize([i for i in ids if i != tiny.tokenizer.eos_id])
+    assert a == tiny.detokenize([i for i in ids if not tiny.tokenizer.is_eog(i)])
 
 
 def test_stream_joins_to_text(tiny: Model) -> None:
