@@ -1,5 +1,5 @@
 """The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
-``flashmtp bench kernels``, ``flashmtp bench decode -m MODEL``."""
+``flashmtp convert HF_DIR -o OUT.gguf``, ``flashmtp bench kernels``, ``flashmtp bench decode -m MODEL``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ def _run_info(args: argparse.Namespace) -> int:
     from flashmtp.info import run_info
 
     return run_info(args)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from flashmtp.convert import run_convert
+
+    return run_convert(args)
 
 
 def _run_bench_kernels(args: argparse.Namespace) -> int:
@@ -83,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-t", "--threads", type=int, default=2)
     run.add_argument("-c", "--ctx", type=int, default=0, help="context positions (0: prompt + max tokens)")
     run.set_defaults(run=_run_generate)
+
+    convert = sub.add_parser("convert", help="convert a DeepSeek-V4 Hugging Face checkpoint to GGUF")
+    convert.add_argument("hf_dir", help="checkpoint directory: config.json, *.safetensors, tokenizer.json")
+    convert.add_argument("-o", "--output", required=True,
+                         help="output .gguf; the MTP block, if any, goes to NAME-mtp.gguf beside it")
+    convert.add_argument("--quant", default="q8_0", metavar="RECIPE",
+                         help="f32, bf16, q8_0 (default), q4_k / q3_k / mxfp4 (routed experts; other matrices "
+                              "q8_0); norms, hyper-connection, sinks, ape and router stay f32")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert.set_defaults(run=_run_convert)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
