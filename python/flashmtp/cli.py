@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--output", required=True,
                          help="output .gguf; the MTP block, if any, goes to NAME-mtp.gguf beside it")
     convert.add_argument("--quant", default="q8_0", metavar="RECIPE",
-                         help="f32, bf16, q8_0 (default), q4_k / q3_k / mxfp4 (routed experts; other matrices "
-                              "q8_0); norms, hyper-connection, sinks, ape and router stay f32")
+                         help="f32, bf16, q8_0 (default), q4_k / q3_k / mxfp4 (routed experts; other "
+                              "matrices q8_0); norms, hyper-connection, sinks, ape and router stay f32")
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     convert.set_defaults(run=_run_convert)
 

@@ -1,5 +1,5 @@
-"""`flashmtp convert` on tiny random DeepSeek-V4 checkpoints (flashmtp.testing.tiny_deepseek4: every layer type,
-hash and routed layers, an MTP block), read back with flashmtp's own GGUF reader.
+"""`flashmtp convert` on tiny random DeepSeek-V4 checkpoints (flashmtp.testing.tiny_deepseek4: every layer
+type, hash and routed layers, an MTP block), read back with flashmtp's own GGUF reader.
 
 Oracles:
 - tensor values: transformers' own parameters (``DeepseekV4ForCausalLM.state_dict()``) and the synthetic MTP
@@ -59,7 +59,7 @@ def f32_files(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     return out, mtp_path(out)
 
 
-# -- the oracle: transformers' parameters, laid out as llama.cpp's deepseek4 files hold them ------------------
+# -- the oracle: transformers' parameters, laid out as llama.cpp's deepseek4 files hold them --------------
 
 _BLOCK_FROM_MODULE = {
     "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -77,23 +77,29 @@ _BLOCK_FROM_MODULE = {
     "indexer_compressor_gate.weight": "self_attn.compressor.indexer.gate_proj.weight",
     "indexer_compressor_ape.weight": "self_attn.compressor.indexer.position_bias",
     "indexer_compressor_norm.weight": "self_attn.compressor.indexer.kv_norm.weight",
-    "hc_attn_fn.weight": "attn_hc.fn", "hc_attn_base.weight": "attn_hc.base", "hc_attn_scale.weight": "attn_hc.scale",
-    "hc_ffn_fn.weight": "ffn_hc.fn", "hc_ffn_base.weight": "ffn_hc.base", "hc_ffn_scale.weight": "ffn_hc.scale",
+    "hc_attn_fn.weight": "attn_hc.fn", "hc_attn_base.weight": "attn_hc.base",
+    "hc_attn_scale.weight": "attn_hc.scale", "hc_ffn_fn.weight": "ffn_hc.fn",
+    "hc_ffn_base.weight": "ffn_hc.base", "hc_ffn_scale.weight": "ffn_hc.scale",
     "ffn_gate_inp.weight": "mlp.gate.weight", "exp_probs_b.bias": "mlp.gate.e_score_correction_bias",
-    "ffn_gate_tid2eid.weight": "mlp.gate.tid2eid", "ffn_gate_shexp.weight": "mlp.shared_experts.gate_proj.weight",
+    "ffn_gate_tid2eid.weight": "mlp.gate.tid2eid",
+    "ffn_gate_shexp.weight": "mlp.shared_experts.gate_proj.weight",
     "ffn_up_shexp.weight": "mlp.shared_experts.up_proj.weight",
     "ffn_down_shexp.weight": "mlp.shared_experts.down_proj.weight",
 }
 _BLOCK_FROM_RELEASE = {  # the MTP block exists in release names only
-    "attn_norm.weight": "attn_norm.weight", "ffn_norm.weight": "ffn_norm.weight", "attn_sinks.weight": "attn.attn_sink",
+    "attn_norm.weight": "attn_norm.weight", "ffn_norm.weight": "ffn_norm.weight",
+    "attn_sinks.weight": "attn.attn_sink",
     "attn_q_a.weight": "attn.wq_a.weight", "attn_q_a_norm.weight": "attn.q_norm.weight",
     "attn_q_b.weight": "attn.wq_b.weight", "attn_kv.weight": "attn.wkv.weight",
     "attn_kv_a_norm.weight": "attn.kv_norm.weight", "attn_output_a.weight": "attn.wo_a.weight",
     "attn_output_b.weight": "attn.wo_b.weight", "hc_attn_fn.weight": "hc_attn_fn",
-    "hc_attn_base.weight": "hc_attn_base", "hc_attn_scale.weight": "hc_attn_scale", "hc_ffn_fn.weight": "hc_ffn_fn",
-    "hc_ffn_base.weight": "hc_ffn_base", "hc_ffn_scale.weight": "hc_ffn_scale", "ffn_gate_inp.weight": "ffn.gate.weight",
+    "hc_attn_base.weight": "hc_attn_base", "hc_attn_scale.weight": "hc_attn_scale",
+    "hc_ffn_fn.weight": "hc_ffn_fn", "hc_ffn_base.weight": "hc_ffn_base",
+    "hc_ffn_scale.weight": "hc_ffn_scale",
+    "ffn_gate_inp.weight": "ffn.gate.weight",
     "exp_probs_b.bias": "ffn.gate.bias", "ffn_gate_shexp.weight": "ffn.shared_experts.w1.weight",
-    "ffn_up_shexp.weight": "ffn.shared_experts.w3.weight", "ffn_down_shexp.weight": "ffn.shared_experts.w2.weight",
+    "ffn_up_shexp.weight": "ffn.shared_experts.w3.weight",
+    "ffn_down_shexp.weight": "ffn.shared_experts.w2.weight",
 }
 
 
@@ -102,7 +108,8 @@ def expected_main(tiny: TinyDeepseek4) -> dict[str, np.ndarray]:
     c = tiny.config
     out = {"token_embd.weight": s["model.embed_tokens.weight"], "output_norm.weight": s["model.norm.weight"],
            "output.weight": s["lm_head.weight"], "output_hc_fn.weight": s["model.hc_head.hc_fn"],
-           "output_hc_base.weight": s["model.hc_head.hc_base"], "output_hc_scale.weight": s["model.hc_head.hc_scale"]}
+           "output_hc_base.weight": s["model.hc_head.hc_base"],
+           "output_hc_scale.weight": s["model.hc_head.hc_scale"]}
     n_mid = c.moe_intermediate_size
     for il in range(c.num_hidden_layers):
         prefix = f"model.layers.{il}."
@@ -186,13 +193,14 @@ def test_sidecar_shares_embeddings_and_output_with_the_main_file(f32_files: tupl
             np.testing.assert_array_equal(s.metadata[key], value, err_msg=key)
 
 
-def test_metadata_has_llama_cpp_keys_and_config_values(tiny: TinyDeepseek4, f32_files: tuple[Path, Path]) -> None:
+def test_metadata_has_llama_cpp_keys_and_config_values(f32_files: tuple[Path, Path]) -> None:
     with GGUFFile(f32_files[0]) as f:
         meta = f.metadata
     want = {
         "general.architecture": "deepseek4", "general.name": "tiny-v4", "general.file_type": 0,
         "deepseek4.vocab_size": 300, "deepseek4.context_length": 256, "deepseek4.embedding_length": 256,
-        "deepseek4.embedding_length_out": 1024, "deepseek4.block_count": 4, "deepseek4.attention.head_count": 4,
+        "deepseek4.embedding_length_out": 1024, "deepseek4.block_count": 4,
+        "deepseek4.attention.head_count": 4,
         "deepseek4.attention.head_count_kv": 1, "deepseek4.attention.key_length": 64,
         "deepseek4.attention.value_length": 64, "deepseek4.attention.q_lora_rank": 48,
         "deepseek4.attention.sliding_window": 8, "deepseek4.attention.output_group_count": 2,
@@ -209,7 +217,8 @@ def test_metadata_has_llama_cpp_keys_and_config_values(tiny: TinyDeepseek4, f32_
         "deepseek4.swiglu_clamp_exp": [10.0] * 4, "deepseek4.swiglu_clamp_shexp": [10.0] * 4,
         "deepseek4.hyper_connection.count": 4, "deepseek4.hyper_connection.sinkhorn_iterations": 20,
         "deepseek4.hash_layer_count": 2, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "deepseek-v3",
-        "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 1, "tokenizer.ggml.add_bos_token": True,
+        "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 1,
+        "tokenizer.ggml.add_bos_token": True,
         "tokenizer.chat_template": CHAT_TEMPLATE,
     }
     for key, value in want.items():
@@ -252,8 +261,8 @@ def test_recipe_types_and_values(recipe: str, tiny: TinyDeepseek4, checkpoints: 
                     continue
                 raw = _core.quantize(int(want), np.ascontiguousarray(values, np.float32).reshape(-1))
                 assert f.tensor(name).tobytes() == raw.tobytes(), name
-                np.testing.assert_array_equal(
-                    f.dequantize(name).reshape(-1), _core.dequantize(int(want), raw, values.size), err_msg=name)
+                dequantized = _core.dequantize(int(want), raw, values.size)
+                np.testing.assert_array_equal(f.dequantize(name).reshape(-1), dequantized, err_msg=name)
 
 
 def test_every_spelling_gives_the_same_files(checkpoints: dict[str, Path], tmp_path: Path) -> None:
@@ -372,7 +381,7 @@ def test_error_unknown_tensor_is_named(checkpoints: dict[str, Path], tmp_path: P
     save_file({"layers.0.attn.wq_c.weight": torch.zeros(2, 2)}, str(directory / "extra.safetensors"))
     _edit_json(directory / "model.safetensors.index.json",
                lambda d: d["weight_map"].update({"layers.0.attn.wq_c.weight": "extra.safetensors"}))
-    with pytest.raises(ConvertError, match=r"unknown checkpoint tensor\(s\).*: layers\.0\.attn\.wq_c\.weight"):
+    with pytest.raises(ConvertError, match=r"unknown checkpoint tensor\(s\).*: layers\.0\.attn\.wq_c\."):
         convert(directory, tmp_path / "x.gguf", progress=False)
     assert not list(tmp_path.glob("x.gguf*"))  # nothing written
 
@@ -380,15 +389,17 @@ def test_error_unknown_tensor_is_named(checkpoints: dict[str, Path], tmp_path: P
 def test_error_shape_mismatch_names_tensor_and_shapes(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     directory = _copy(checkpoints["release"], tmp_path)
     _edit_json(directory / "config.json", lambda d: d.update(q_lora_rank=64))
-    with pytest.raises(ConvertError, match=r"blk\.0\.attn_q_a\.weight: config\.json implies shape \[64, 256\], "
-                                           r"the checkpoint gives layers\.0\.attn\.wq_a\.weight \[48, 256\]"):
+    with pytest.raises(ConvertError, match=r"blk\.0\.attn_q_a\.weight: config\.json implies shape "
+                                           r"\[64, 256\], the checkpoint gives layers\.0\.attn\.wq_a\.weight "
+                                           r"\[48, 256\]"):
         convert(directory, tmp_path / "x.gguf", progress=False)
 
 
 def test_error_missing_tensor_is_named(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     directory = _copy(checkpoints["release"], tmp_path)
-    _edit_json(directory / "model.safetensors.index.json", lambda d: d["weight_map"].pop("layers.2.attn.wo_b.weight"))
-    with pytest.raises(ConvertError, match=r"lacks 1 tensor\(s\) of the main model: blk\.2\.attn_output_b\.weight"):
+    _edit_json(directory / "model.safetensors.index.json",
+               lambda d: d["weight_map"].pop("layers.2.attn.wo_b.weight"))
+    with pytest.raises(ConvertError, match=r"lacks 1 tensor\(s\) of the main model: blk\.2\.attn_output_b\."):
         convert(directory, tmp_path / "x.gguf", progress=False)
 
 
@@ -413,10 +424,11 @@ def test_fp8_and_fp4_weights_decode_exactly(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(1)
     fp8_values = torch.randn(200, 300, generator=g).to(torch.float8_e4m3fn)  # [out, in], tiles 2 x 3
     fp8_exp = torch.randint(120, 135, (2, 3), generator=g)
-    fp8_want = fp8_values.float() * torch.exp2(fp8_exp.float() - 127).repeat_interleave(128, 0)[:200].repeat_interleave(
-        128, 1)[:, :300]
+    fp8_scale = torch.exp2(fp8_exp.float() - 127).repeat_interleave(128, 0).repeat_interleave(128, 1)
+    fp8_want = fp8_values.float() * fp8_scale[:200, :300]
 
-    e2m1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+    e2m1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                         -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])  # E2M1 code -> value
     codes = torch.randint(0, 16, (8, 64), generator=g, dtype=torch.uint8)  # [out, in]
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).view(torch.int8)  # element 2j low nibble, 2j+1 high
     fp4_exp = torch.randint(110, 130, (8, 2), generator=g)

@@ -63,7 +63,8 @@ def mtp_path(out: str | Path) -> Path:
     return out.with_name(stem + "-mtp.gguf")
 
 
-def convert(hf_dir: str | Path, out: str | Path, recipe_name: str = "q8_0", progress: bool = True) -> list[WrittenFile]:
+def convert(hf_dir: str | Path, out: str | Path, recipe_name: str = "q8_0",
+            progress: bool = True) -> list[WrittenFile]:
     """Convert a checkpoint directory to ``out`` (and its MTP sidecar when the checkpoint has ``mtp.*``)."""
     r = recipe(recipe_name)
     ckpt = Checkpoint(hf_dir)
@@ -81,11 +82,11 @@ def convert(hf_dir: str | Path, out: str | Path, recipe_name: str = "q8_0", prog
         mtp_plan = _plan(mtp_specs, mtp_sources, ckpt, r, "the MTP block") if mtp_specs else []
         vocab = Vocab.load(ckpt.directory, params.vocab_size)
 
-        written = [_write(Path(out), main_plan, deepseek4.metadata(params, params.n_layer), vocab, ckpt, r,
-                          progress)]
+        main_meta = deepseek4.metadata(params, params.n_layer)
+        written = [_write(Path(out), main_plan, main_meta, vocab, ckpt, r, progress)]
         if mtp_plan:
-            written.append(_write(mtp_path(out), mtp_plan, deepseek4.metadata(params, params.n_layer + 1), vocab,
-                                  ckpt, r, progress))
+            mtp_meta = deepseek4.metadata(params, params.n_layer + 1)
+            written.append(_write(mtp_path(out), mtp_plan, mtp_meta, vocab, ckpt, r, progress))
         return written
     finally:
         ckpt.close()
@@ -98,10 +99,11 @@ def _check_all_used(sources: Sources, specs: list[TensorSpec], p: Deepseek4Param
     known = {s.name for s in specs}
     extra = [name for name in sources if name not in known]
     if extra:
-        pieces = next(iter(sources[extra[0]].values()))
-        raise ConvertError(f"checkpoint tensor {pieces.tensor} would become {extra[0]}, which a deepseek4 file "
-                           f"with this config.json does not have (compress ratios {list(p.compress_ratios)}, "
-                           f"{p.n_hash_layer} hash layers)" + (f"; also {', '.join(extra[1:6])}" if extra[1:] else ""))
+        first = next(iter(sources[extra[0]].values())).tensor
+        also = f"; also {', '.join(extra[1:6])}" if extra[1:] else ""
+        raise ConvertError(f"checkpoint tensor {first} would become {extra[0]}, which a deepseek4 file with "
+                           f"this config.json does not have (compress ratios {list(p.compress_ratios)}, "
+                           f"{p.n_hash_layer} hash layers){also}")
 
 
 def _piece_shape(ckpt: Checkpoint, piece: Piece) -> tuple[int, ...]:
@@ -118,7 +120,8 @@ def _piece_shape(ckpt: Checkpoint, piece: Piece) -> tuple[int, ...]:
     return shape
 
 
-def _plan(specs: list[TensorSpec], sources: Sources, ckpt: Checkpoint, r: Recipe, what: str) -> list[_Planned]:
+def _plan(specs: list[TensorSpec], sources: Sources, ckpt: Checkpoint, r: Recipe,
+          what: str) -> list[_Planned]:
     missing = [s.name for s in specs if s.name not in sources]
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
@@ -140,17 +143,19 @@ def _plan(specs: list[TensorSpec], sources: Sources, ckpt: Checkpoint, r: Recipe
         else:
             found, consistent = shapes[0], True
         if not consistent or found != spec.shape:
-            got = ", ".join(f"{piece.tensor} {list(s)}" for piece, s in list(zip(pieces, shapes))[:4])
-            raise ConvertError(f"{spec.name}: config.json implies shape {list(spec.shape)}, the checkpoint gives "
-                               f"{got}" + (" ..." if len(pieces) > 4 else ""))
+            got = ", ".join(f"{pc.tensor} {list(s)}" for pc, s in zip(pieces[:4], shapes[:4], strict=True))
+            more = " ..." if len(pieces) > 4 else ""
+            raise ConvertError(f"{spec.name}: config.json implies shape {list(spec.shape)}, the checkpoint "
+                               f"gives {got}{more}")
         stored = {ckpt.info(piece.tensor).dtype for piece in pieces}
         if (spec.cls is TensorClass.INDEX) != all(d[0] in "IU" and d not in ("I8", "U8") for d in stored):
-            raise ConvertError(f"{spec.name}: stored type {sorted(stored)} of {pieces[0].tensor} does not fit "
-                               f"({'an integer table' if spec.cls is TensorClass.INDEX else 'float weights'})")
+            kind = "an integer table" if spec.cls is TensorClass.INDEX else "float weights"
+            raise ConvertError(f"{spec.name}: stored type {sorted(stored)} of {pieces[0].tensor} does not "
+                               f"fit ({kind})")
         qtype, wanted = tensor_type(r, spec.cls, spec.shape[-1])
         if wanted is not None:
-            logger.warning("%s: rows of %d do not split into %s blocks: %s instead", spec.name, spec.shape[-1],
-                           wanted.name, qtype.name)
+            logger.warning("%s: rows of %d do not split into %s blocks: %s instead", spec.name,
+                           spec.shape[-1], wanted.name, qtype.name)
         block, type_size = gguf.GGML_QUANT_SIZES[qtype]
         plan.append(_Planned(spec, pieces, qtype, int(np.prod(spec.shape)) // block * type_size))
     return plan
@@ -176,7 +181,8 @@ def _chunks(ckpt: Checkpoint, t: _Planned) -> Iterator[np.ndarray]:
         n_rows = spec.shape[0]
         for r0 in range(0, n_rows, step):
             r1 = min(n_rows, r0 + step)
-            yield np.concatenate([ckpt.read(pc.tensor, pc.expert, _rows(pc, r0, r1)) for pc in t.pieces], axis=1)
+            parts = [ckpt.read(pc.tensor, pc.expert, _rows(pc, r0, r1)) for pc in t.pieces]
+            yield np.concatenate(parts, axis=1)
         return
     n_rows = spec.shape[-2]  # rows of one piece (an expert's matrix, or the whole 2-D tensor)
     for pc in t.pieces:

@@ -4,9 +4,9 @@ Owns: config.json, finding each tensor's safetensors shard (through model.safete
 one, else every *.safetensors file), and turning stored values into float32 rows. It does not know any model's
 names; deepseek4.py maps them.
 
-Reads go through ``safetensors.safe_open`` slices, so only the requested rows leave the disk: a tensor is never
-loaded whole unless it is asked for whole. Besides plain F32 / F16 / BF16 / integer tensors it decodes the two
-block-scaled formats of DeepSeek's own releases, recognised by a companion ``NAME.scale`` tensor:
+Reads go through ``safetensors.safe_open`` slices, so only the requested rows leave the disk: a tensor is
+never loaded whole unless it is asked for whole. Besides plain F32 / F16 / BF16 / integer tensors it decodes
+the two block-scaled formats of DeepSeek's own releases, recognised by a companion ``NAME.scale`` tensor:
 - FP8: ``NAME.weight`` F8_E4M3 [out, in] with ``NAME.scale`` [ceil(out/128), ceil(in/128)] (E8M0 or float):
   one scale per 128 x 128 tile.
 - FP4 (routed experts): ``NAME.weight`` I8 [out, in/2], two E2M1 codes per byte (element 2j in the low nibble,
@@ -26,8 +26,8 @@ import numpy as np
 __all__ = ["Checkpoint", "ConvertError", "TensorInfo"]
 
 # E2M1 code -> value (bit 3 is the sign).
-_FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
-                       dtype=np.float32)
+_FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                        -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
 _FP8_TILE = 128  # FP8 scale tile edge (rows and columns)
 _FP4_BLOCK = 32  # FP4 elements per scale
 
@@ -55,7 +55,7 @@ class Checkpoint:
             raise ConvertError(f"{self.directory}: not a directory")
         config_path = self.directory / "config.json"
         if not config_path.is_file():
-            raise ConvertError(f"{self.directory}: no config.json (a Hugging Face checkpoint directory has one)")
+            raise ConvertError(f"{self.directory}: no config.json (every Hugging Face checkpoint has one)")
         try:
             self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -80,7 +80,7 @@ class Checkpoint:
             return shards
         files = sorted(self.directory.glob("*.safetensors"))
         if not files:
-            raise ConvertError(f"{self.directory}: no *.safetensors files (only safetensors checkpoints convert)")
+            raise ConvertError(f"{self.directory}: no *.safetensors files (only safetensors converts)")
         shards: dict[str, Path] = {}
         for path in files:
             for name in self._handle(path).keys():
@@ -126,7 +126,8 @@ class Checkpoint:
         return infos
 
     @staticmethod
-    def _scaled_layout(name: str, shape: list[int], dtype: str, scale_shape: list[int]) -> tuple[str, list[int]]:
+    def _scaled_layout(name: str, shape: list[int], dtype: str,
+                       scale_shape: list[int]) -> tuple[str, list[int]]:
         if len(shape) != 2:
             raise ConvertError(f"{name}: a block-scaled weight must be 2-D, got shape {shape}")
         rows, cols = shape
@@ -139,10 +140,11 @@ class Checkpoint:
             logical = [rows, 2 * cols]
             want = [rows, logical[1] // _FP4_BLOCK]
             if logical[1] % _FP4_BLOCK or scale_shape != want:
-                raise ConvertError(f"{name}.scale: FP4 weight {logical} (packed {shape}) needs scales {want}, "
-                                   f"got {scale_shape}")
+                raise ConvertError(f"{name}.scale: FP4 weight {logical} (packed {shape}) needs scales "
+                                   f"{want}, got {scale_shape}")
             return "fp4", logical
-        raise ConvertError(f"{name}: has a .scale companion but stored type {dtype} is neither FP8 nor packed FP4")
+        raise ConvertError(f"{name}: has a .scale companion but its type {dtype} is neither FP8 nor packed "
+                           "FP4")
 
     # -- access --------------------------------------------------------------------------------------------
 
@@ -154,15 +156,17 @@ class Checkpoint:
         return self._infos[name]
 
     def read(self, name: str, expert: int | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
-        """Rows ``[rows[0], rows[1])`` of a tensor (all of it when ``rows`` is None), decoded to float32, or to
-        int64 for integer tensors. ``expert`` first selects one matrix of a 3-D [n_expert, rows, cols] tensor."""
+        """Rows ``[rows[0], rows[1])`` of a tensor (all of it when ``rows`` is None), decoded to float32, or
+        to int64 for integer tensors. ``expert`` first picks one matrix of a 3-D [n_expert, rows, cols]
+        tensor."""
         import torch
 
         info = self._infos[name]
         piece = self._handle(self._shard_of[name]).get_slice(name)
         if expert is not None:
             if len(info.shape) != 3:
-                raise ConvertError(f"{name}: expected a 3-D [expert, rows, cols] tensor, got {list(info.shape)}")
+                raise ConvertError(f"{name}: expected a 3-D [expert, rows, cols] tensor, got "
+                                   f"{list(info.shape)}")
             n_rows = info.shape[1]
             r0, r1 = rows if rows is not None else (0, n_rows)
             data = piece[expert : expert + 1, r0:r1][0]

@@ -16,11 +16,12 @@ Three spellings of the same weights are accepted, each optionally under a ``mode
 transformers drops the MTP weights when it loads a checkpoint; they exist only in release names (``mtp.0.*``).
 
 Layout transforms (everything else is copied as stored, [out, in] row-major = ggml {in, out}):
-- routed experts: the per-expert [out, in] matrices are stacked into one [E, out, in] tensor (ggml {in, out, E});
+- routed experts: the per-expert [out, in] matrices are stacked into one [E, out, in] tensor (ggml
+  {in, out, E});
   a fused transformers gate_up_proj [E, 2I, D] is split into gate = rows [0, I) and up = rows [I, 2I);
 - tid2eid: int64 [vocab, top_k] -> I32 (ids checked against the expert count);
 - MTP eh_proj = [e_proj | h_proj] joined along the input: [D, 2D], the embedding half first.
-No RoPE permutation: V4 rotates interleaved pairs of the last rope dims, as ggml's normal (non-NeoX) RoPE does.
+No RoPE permutation: V4 rotates interleaved pairs of the last rope dims, like ggml's normal (non-NeoX) RoPE.
 
 MTP sidecar (``OUT-mtp.gguf``): llama.cpp's layout (block ``n_main`` holds the MTP block, plus
 ``blk.n_main.nextn.{eh_proj,enorm,hnorm,shared_head_norm}`` and the MTP hc-head as the root ``output_hc_*``),
@@ -85,7 +86,8 @@ class Deepseek4Params:
     compress_rope_freq_base: float
     context_length: int
     n_nextn: int
-    yarn: dict[str, float] = field(default_factory=dict)  # factor, original_context_length, beta_fast, beta_slow
+    # YaRN of the compress RoPE: factor, original_context_length, beta_fast, beta_slow (empty: none)
+    yarn: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Deepseek4Params:
@@ -93,8 +95,8 @@ class Deepseek4Params:
         n_layer = c.int("num_hidden_layers")
         n_nextn = c.int("num_nextn_predict_layers", default=0)
         if n_nextn > 1:
-            raise ConvertError(f"config.json: num_nextn_predict_layers = {n_nextn}; the deepseek4 GGUF layout "
-                               "has one MTP block")
+            raise ConvertError(f"config.json: num_nextn_predict_layers = {n_nextn}; the deepseek4 GGUF "
+                               "layout has one MTP block")
         head_dim = c.int("head_dim")
         if "qk_rope_head_dim" in config:
             rope_dim = c.int("qk_rope_head_dim")
@@ -102,11 +104,12 @@ class Deepseek4Params:
             rope_dim = int(head_dim * float(config.get("partial_rotary_factor") or 64 / 512))
         scoring = c.str("scoring_func", default="sqrtsoftplus")
         if scoring not in _GATING_FUNC:
-            raise ConvertError(f"config.json: scoring_func {scoring!r} is not one of {', '.join(_GATING_FUNC)}")
+            raise ConvertError(f"config.json: scoring_func {scoring!r} is not one of "
+                               f"{', '.join(_GATING_FUNC)}")
         n_head_kv = c.int("num_key_value_heads", default=1)
         if n_head_kv != 1:
-            raise ConvertError(f"config.json: num_key_value_heads = {n_head_kv}; DeepSeek-V4 attention shares "
-                               "one key/value head")
+            raise ConvertError(f"config.json: num_key_value_heads = {n_head_kv}; DeepSeek-V4 attention "
+                               "shares one key/value head")
         return cls(
             vocab_size=c.int("vocab_size"),
             n_embd=c.int("hidden_size"),
@@ -193,10 +196,11 @@ def _compress_ratios(c: _Config, n_layer: int, n_nextn: int) -> tuple[int, ...]:
         unknown = sorted(set(layer_types) - set(rates))
         if unknown:
             raise ConvertError(f"config.json: unknown layer_types {unknown}")
-        if rates["compressed_sparse_attention"] != CSA_RATIO or rates["heavily_compressed_attention"] in (0, 4):
-            raise ConvertError(f"config.json: compress_rates {c.raw.get('compress_rates')} cannot be stored: GGUF "
-                               f"files mark CSA layers by compress ratio {CSA_RATIO} (DeepSeek's rule), so CSA "
-                               f"must use {CSA_RATIO} and HCA another positive ratio")
+        csa, hca = rates["compressed_sparse_attention"], rates["heavily_compressed_attention"]
+        if csa != CSA_RATIO or hca in (0, CSA_RATIO):
+            raise ConvertError(f"config.json: compress_rates {c.raw.get('compress_rates')} cannot be stored: "
+                               f"GGUF files mark CSA layers by compress ratio {CSA_RATIO} (DeepSeek's rule), "
+                               f"so CSA must use {CSA_RATIO} and HCA another positive ratio")
         ratios = [rates[t] for t in layer_types] + [0] * n_nextn
     for i, r in enumerate(ratios):
         if r < 0 or (i >= n_layer and r != 0):
@@ -431,8 +435,8 @@ _RE_MTP = re.compile(r"mtp\.(\d+)\.(.+)")
 
 @dataclass(frozen=True)
 class Piece:
-    """One checkpoint read that builds (part of) a GGUF tensor: the whole of ``tensor``, or one expert's matrix
-    of a fused [E, rows, cols] tensor, optionally only rows [rows[0], rows[1])."""
+    """One checkpoint read that builds (part of) a GGUF tensor: the whole of ``tensor``, or one expert's
+    matrix of a fused [E, rows, cols] tensor, optionally only rows [rows[0], rows[1])."""
 
     tensor: str
     expert: int | None = None

@@ -1,11 +1,11 @@
-"""Quantization recipes: which GGUF type each class of tensor gets, and the fallback for rows that do not split
-into whole blocks.
+"""Quantization recipes: which GGUF type each class of tensor gets, and the fallback for rows that do not
+split into whole blocks.
 
 A recipe names two types, one for the routed experts (most of a MoE model's bytes, read once per selected
 expert) and one for every other weight matrix (attention, shared expert, compressor and indexer projections,
 embeddings, output, the MTP eh_proj). Tensors that are small or numerically delicate are never quantized:
-norms, hyper-connection fn/base/scale, attention sinks, compressor position biases (ape), the router weight and
-its selection bias stay F32 (llama.cpp keeps ffn_gate_inp unquantized too); the hash-routing table is I32.
+norms, hyper-connection fn/base/scale, attention sinks, compressor position biases (ape), the router weight
+and its selection bias stay F32 (llama.cpp keeps ffn_gate_inp unquantized too); the hash-routing table is I32.
 
 Quantization runs through flashmtp's own kernels (``flashmtp._core.quantize``), whose reference quantizers
 reproduce ggml's bit for bit, so a file made here equals one that llama-quantize makes from the same F32 data.
@@ -42,11 +42,12 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("f32", T.F32, T.F32, LlamaFileType.ALL_F32, "everything F32 (the exact reference)"),
-    Recipe("bf16", T.BF16, T.BF16, LlamaFileType.MOSTLY_BF16, "matrices BF16 (lossless for BF16 checkpoints)"),
+    Recipe("bf16", T.BF16, T.BF16, LlamaFileType.MOSTLY_BF16, "matrices BF16 (exact for BF16 checkpoints)"),
     Recipe("q8_0", T.Q8_0, T.Q8_0, LlamaFileType.MOSTLY_Q8_0, "matrices Q8_0"),
     Recipe("q4_k", T.Q4_K, T.Q8_0, LlamaFileType.MOSTLY_Q4_K_M, "routed experts Q4_K, other matrices Q8_0"),
     Recipe("q3_k", T.Q3_K, T.Q8_0, LlamaFileType.MOSTLY_Q3_K_M, "routed experts Q3_K, other matrices Q8_0"),
-    Recipe("mxfp4", T.MXFP4, T.Q8_0, LlamaFileType.MOSTLY_MXFP4_MOE, "routed experts MXFP4, other matrices Q8_0"),
+    Recipe("mxfp4", T.MXFP4, T.Q8_0, LlamaFileType.MOSTLY_MXFP4_MOE,
+           "routed experts MXFP4, other matrices Q8_0"),
 )}
 
 # A type whose block does not divide a row falls back like llama-quantize does, to a 32-element type of about
@@ -70,7 +71,7 @@ def block_size(qtype: T) -> int:
 
 
 def tensor_type(r: Recipe, cls: TensorClass, row_length: int) -> tuple[T, T | None]:
-    """The type a tensor of this class and row length gets, and the recipe's type it replaced (None if none)."""
+    """The type a tensor of this class and row length gets, and the recipe type it replaced (None if none)."""
     if cls is TensorClass.FLOAT:
         return T.F32, None
     if cls is TensorClass.INDEX:

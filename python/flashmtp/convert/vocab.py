@@ -1,11 +1,11 @@
 """The tokenizer of a checkpoint as GGUF metadata: gpt2-style byte-level BPE from tokenizer.json.
 
 Writes what llama.cpp's converter writes for DeepSeek-V3/V4 (``_set_vocab_gpt2``): model "gpt2", pre-tokenizer
-"deepseek-v3" (V4 reuses V3's tokenizer), one entry per id up to the model's vocab_size (ids the tokenizer does
-not use become ``[PADn]``, type UNUSED), token types (special added tokens CONTROL, other added tokens
+"deepseek-v3" (V4 reuses V3's tokenizer), one entry per id up to the model's vocab_size (ids the tokenizer
+does not use become ``[PADn]``, type UNUSED), token types (special added tokens CONTROL, other added tokens
 USER_DEFINED, the rest NORMAL); then gguf's SpecialVocab adds the merges, the bos / eos / pad ids, the
-add_bos / add_eos flags and the chat template (tokenizer_config.json, chat_template.jinja or chat_template.json),
-exactly as llama.cpp does.
+add_bos / add_eos flags and the chat template (tokenizer_config.json, chat_template.jinja or
+chat_template.json), exactly as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class Vocab:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConvertError(f"{path}: expected a Hugging Face tokenizer JSON with a 'model'") from e
         if model.get("type") != "BPE":
-            raise ConvertError(f"{path}: tokenizer model is {model.get('type')!r}; only BPE converts (gpt2 style)")
+            raise ConvertError(f"{path}: tokenizer model is {model.get('type')!r}; only (gpt2-style) BPE "
+                               "converts")
 
         by_id: dict[int, str] = {}
         for text, token_id in model["vocab"].items():
@@ -50,7 +51,8 @@ class Vocab:
             by_id[token_id] = t["content"]
         too_big = sorted(i for i in by_id if not 0 <= i < vocab_size)
         if too_big:
-            raise ConvertError(f"{path}: token id {too_big[-1]} is outside the model's vocab_size {vocab_size}")
+            raise ConvertError(f"{path}: token id {too_big[-1]} is outside the model's vocab_size "
+                               f"{vocab_size}")
 
         tokens, types = [], []
         for i in range(vocab_size):
@@ -59,7 +61,8 @@ class Vocab:
                 types.append(gguf.TokenType.UNUSED)
             elif i in added:
                 tokens.append(by_id[i])
-                types.append(gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+                special = added[i].get("special")
+                types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
             else:
                 tokens.append(by_id[i])
                 types.append(gguf.TokenType.NORMAL)

@@ -1,10 +1,10 @@
-"""Tiny random DeepSeek-V4 checkpoints for tests: a transformers ``DeepseekV4ForCausalLM`` with every layer
-type (window, CSA with indexer, HCA), hash and routed MoE layers, randomised parameters (transformers zero-fills
-sinks, ape, hc bases and tid2eid), a synthetic MTP block and a small byte-level BPE tokenizer, written to disk
-in the three spellings the converter accepts:
+"""Tiny random DeepSeek-V4 checkpoints for tests: a transformers ``DeepseekV4ForCausalLM`` with every
+layer type (window, CSA with indexer, HCA), hash and routed MoE layers, randomised parameters (transformers
+zero-fills sinks, ape, hc bases and tid2eid), a synthetic MTP block and a small byte-level BPE tokenizer,
+written to disk in the three spellings the converter accepts:
 
-- ``"save_pretrained"``: what transformers 5.x writes (release names under ``model.``, with its quirks) and its
-  own config.json;
+- ``"save_pretrained"``: what transformers 5.x writes (release names under ``model.``, with its quirks) and
+  its own config.json;
 - ``"release"``: DeepSeek's release names and config.json keys (``compress_ratios``, ``num_hash_layers``,
   ``rope_scaling``), per-expert ``w1/w2/w3``;
 - ``"modules"``: transformers' in-memory parameter names (``self_attn.q_a_proj``, fused ``gate_up_proj``).
@@ -79,7 +79,8 @@ class TinyDeepseek4:
         for file, part in shards.items():
             save_file(part, str(directory / file), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(part, file))
-        (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        index = {"metadata": {}, "weight_map": weight_map}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index))
         (directory / "config.json").write_text(json.dumps(config, indent=1))
         _write_tokenizer(directory, self.config.vocab_size)
         del torch
@@ -104,11 +105,11 @@ class TinyDeepseek4:
 
 
 def _release_name(saved: str) -> str:
-    """A transformers 5.24 save_pretrained name -> DeepSeek's release name. transformers maps module names back
-    to release names but keeps the model. prefix and leaves a few unmapped (the converter accepts both)."""
+    """A transformers 5.24 save_pretrained name -> DeepSeek's release name. transformers maps module names
+    back to release names but keeps the model. prefix and leaves a few unmapped (the converter takes both)."""
     name = saved.removeprefix("model.")
-    fixes = {"embed_tokens.weight": "embed.weight", "hc_head.hc_fn": "hc_head_fn", "hc_head.hc_base": "hc_head_base",
-             "hc_head.hc_scale": "hc_head_scale"}
+    fixes = {"embed_tokens.weight": "embed.weight", "hc_head.hc_fn": "hc_head_fn",
+             "hc_head.hc_base": "hc_head_base", "hc_head.hc_scale": "hc_head_scale"}
     name = fixes.get(name, name)
     return name.replace(".attn.norm.weight", ".attn.kv_norm.weight")
 
@@ -123,13 +124,15 @@ def _release_config(config: Any) -> dict[str, Any]:
         "num_key_value_heads": 1, "head_dim": config.head_dim, "qk_rope_head_dim": config.qk_rope_head_dim,
         "q_lora_rank": config.q_lora_rank, "o_groups": config.o_groups, "o_lora_rank": config.o_lora_rank,
         "n_routed_experts": config.n_routed_experts, "n_shared_experts": config.n_shared_experts,
-        "num_experts_per_tok": config.num_experts_per_tok, "moe_intermediate_size": config.moe_intermediate_size,
+        "num_experts_per_tok": config.num_experts_per_tok,
+        "moe_intermediate_size": config.moe_intermediate_size,
         "scoring_func": config.scoring_func, "norm_topk_prob": config.norm_topk_prob,
         "routed_scaling_factor": config.routed_scaling_factor, "swiglu_limit": config.swiglu_limit,
         "compress_ratios": [ratios[t] for t in config.layer_types] + [0] * config.num_nextn_predict_layers,
         "num_hash_layers": config.mlp_layer_types.count("hash_moe"), "sliding_window": config.sliding_window,
         "index_n_heads": config.index_n_heads, "index_head_dim": config.index_head_dim,
-        "index_topk": config.index_topk, "hc_mult": config.hc_mult, "hc_sinkhorn_iters": config.hc_sinkhorn_iters,
+        "index_topk": config.index_topk, "hc_mult": config.hc_mult,
+        "hc_sinkhorn_iters": config.hc_sinkhorn_iters,
         "hc_eps": config.hc_eps, "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
         "compress_rope_theta": config.compress_rope_theta,
         "rope_scaling": {"type": "yarn", "factor": rope["factor"],
@@ -137,7 +140,8 @@ def _release_config(config: Any) -> dict[str, Any]:
                          "beta_fast": rope["beta_fast"], "beta_slow": rope["beta_slow"]},
         "max_position_embeddings": config.max_position_embeddings,
         "num_nextn_predict_layers": config.num_nextn_predict_layers,
-        "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, "tie_word_embeddings": False,
+        "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+        "tie_word_embeddings": False,
     }
 
 
