@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--quant", default="q8_0", metavar="RECIPE",
                          help="f32, bf16, q8_0 (default), q4_k / q3_k / mxfp4 (routed experts; other "
                               "matrices q8_0); norms, hyper-connection, sinks, ape and router stay f32")
+    convert.add_argument("-t", "--threads", type=_non_negative_int, default=0,
+                         help="quantization threads (0: one per core)")
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     convert.set_defaults(run=_run_convert)
 

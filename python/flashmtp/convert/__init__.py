@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +65,12 @@ def mtp_path(out: str | Path) -> Path:
     return out.with_name(stem + "-mtp.gguf")
 
 
-def convert(hf_dir: str | Path, out: str | Path, recipe_name: str = "q8_0",
-            progress: bool = True) -> list[WrittenFile]:
-    """Convert a checkpoint directory to ``out`` (and its MTP sidecar when the checkpoint has ``mtp.*``)."""
+def convert(hf_dir: str | Path, out: str | Path, recipe_name: str = "q8_0", progress: bool = True,
+            threads: int = 0) -> list[WrittenFile]:
+    """Convert a checkpoint directory to ``out`` (and its MTP sidecar when the checkpoint has ``mtp.*``),
+    quantizing on ``threads`` threads (0: one per core)."""
     r = recipe(recipe_name)
+    threads = threads or os.cpu_count() or 1
     ckpt = Checkpoint(hf_dir)
     try:
         params = Deepseek4Params.from_config(ckpt.config)
@@ -82,14 +86,16 @@ def convert(hf_dir: str | Path, out: str | Path, recipe_name: str = "q8_0",
         mtp_plan = _plan(mtp_specs, mtp_sources, ckpt, r, "the MTP block") if mtp_specs else []
         vocab = Vocab.load(ckpt.directory, params.vocab_size)
 
-        main_meta = deepseek4.metadata(params, params.n_layer)
-        written = [_write(Path(out), main_plan, main_meta, vocab, ckpt, r, progress)]
-        if mtp_plan:
-            mtp_meta = deepseek4.metadata(params, params.n_layer + 1)
-            written.append(_write(mtp_path(out), mtp_plan, mtp_meta, vocab, ckpt, r, progress))
+        with ThreadPoolExecutor(threads) as pool:
+            encode = _Encoder(params.n_expert, pool if threads > 1 else None, threads)
+            main_meta = deepseek4.metadata(params, params.n_layer)
+            written = [_write(Path(out), main_plan, main_meta, vocab, ckpt, r, encode, progress)]
+            if mtp_plan:
+                mtp_meta = deepseek4.metadata(params, params.n_layer + 1)
+                written.append(_write(mtp_path(out), mtp_plan, mtp_meta, vocab, ckpt, r, encode, progress))
         return written
     finally:
-        ckpt.close()
+        ckpt.unmap()
 
 
 # -- planning: every check happens here, before the first byte is written -----------------------------------
@@ -190,34 +196,53 @@ def _chunks(ckpt: Checkpoint, t: _Planned) -> Iterator[np.ndarray]:
             yield ckpt.read(pc.tensor, pc.expert, _rows(pc, r0, min(n_rows, r0 + step)))
 
 
-def _encode(chunk: np.ndarray, t: _Planned, n_expert: int) -> np.ndarray:
-    T = gguf.GGMLQuantizationType
-    if t.qtype == T.F32:
-        return np.ascontiguousarray(chunk, dtype=np.float32)
-    if t.qtype == T.I32:  # tid2eid: expert ids
-        if chunk.size and (chunk.min() < 0 or chunk.max() >= n_expert):
-            raise ConvertError(f"{t.pieces[0].tensor}: expert id outside [0, {n_expert}) in the hash table")
-        return chunk.astype(np.int32)
-    from flashmtp import _core
+@dataclass(frozen=True)
+class _Encoder:
+    """Row chunks -> file bytes: F32 as is, I32 range-checked, other types quantized with the rows split over
+    the pool's threads (quantize releases the GIL; blocks never span rows, so the bytes do not depend on the
+    split)."""
 
-    return _core.quantize(int(t.qtype), np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1))
+    n_expert: int
+    pool: ThreadPoolExecutor | None
+    n_threads: int
+
+    def __call__(self, chunk: np.ndarray, t: _Planned) -> np.ndarray:
+        T = gguf.GGMLQuantizationType
+        if t.qtype == T.F32:
+            return np.ascontiguousarray(chunk, dtype=np.float32)
+        if t.qtype == T.I32:  # tid2eid: expert ids
+            if chunk.size and (chunk.min() < 0 or chunk.max() >= self.n_expert):
+                raise ConvertError(f"{t.pieces[0].tensor}: expert id outside [0, {self.n_expert}) in the "
+                                   "hash table")
+            return chunk.astype(np.int32)
+        from flashmtp import _core
+
+        rows = np.ascontiguousarray(chunk, dtype=np.float32)  # [rows, row_length]
+        qtype = int(t.qtype)
+        if self.pool is None or len(rows) < 2:
+            return _core.quantize(qtype, rows.reshape(-1))
+        parts = np.array_split(rows, min(len(rows), self.n_threads))
+        encoded = self.pool.map(lambda part: _core.quantize(qtype, part.reshape(-1)), parts)
+        return np.concatenate(list(encoded))
 
 
 class _StreamedTensor:
     """What GGUFWriter.write_tensor_data needs of a tensor (``nbytes`` and ``tofile``), producing the data a
     chunk at a time so that the tensor never exists in memory whole."""
 
-    def __init__(self, ckpt: Checkpoint, t: _Planned, n_expert: int, bar: Any) -> None:
-        self.ckpt, self.t, self.n_expert, self.bar = ckpt, t, n_expert, bar
+    def __init__(self, ckpt: Checkpoint, t: _Planned, encode: _Encoder, bar: Any) -> None:
+        self.ckpt, self.t, self.encode, self.bar = ckpt, t, encode, bar
         self.nbytes = t.n_bytes
 
     def tofile(self, fp: Any) -> None:
         written = 0
         for chunk in _chunks(self.ckpt, self.t):
-            data = _encode(chunk, self.t, self.n_expert)
+            data = self.encode(chunk, self.t)
             data.tofile(fp)
             written += data.nbytes
             self.bar.update(data.nbytes)
+        # The shards' pages read for this tensor stay mapped (and counted in RSS) until the handles close.
+        self.ckpt.unmap()
         if written != self.nbytes:  # the plan's sizes and the chunks disagree: a bug here, not in the input
             raise AssertionError(f"{self.t.spec.name}: wrote {written} bytes, planned {self.nbytes}")
 
@@ -236,7 +261,7 @@ def _add_kv(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
 
 
 def _write(path: Path, plan: list[_Planned], meta: dict[str, Any], vocab: Vocab, ckpt: Checkpoint, r: Recipe,
-           progress: bool) -> WrittenFile:
+           encode: _Encoder, progress: bool) -> WrittenFile:
     from tqdm import tqdm
 
     partial = path.with_name(path.name + ".partial")
@@ -250,7 +275,6 @@ def _write(path: Path, plan: list[_Planned], meta: dict[str, Any], vocab: Vocab,
     for t in plan:
         writer.add_tensor_info(t.spec.name, t.spec.shape, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype)
     total = sum(t.n_bytes for t in plan)
-    n_expert = int(meta[deepseek4.ARCH + ".expert_count"])
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -258,7 +282,7 @@ def _write(path: Path, plan: list[_Planned], meta: dict[str, Any], vocab: Vocab,
         with tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress,
                   file=sys.stderr) as bar:
             for t in plan:
-                writer.write_tensor_data(_StreamedTensor(ckpt, t, n_expert, bar))  # type: ignore[arg-type]
+                writer.write_tensor_data(_StreamedTensor(ckpt, t, encode, bar))  # type: ignore[arg-type]
         writer.close()
         partial.replace(path)
     except BaseException:
@@ -272,11 +296,12 @@ def _write(path: Path, plan: list[_Planned], meta: dict[str, Any], vocab: Vocab,
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """``flashmtp convert``: arguments hf_dir, output, quant, no_progress (parsed in flashmtp.cli)."""
+    """``flashmtp convert``: arguments hf_dir, output, quant, threads, no_progress (see flashmtp.cli)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer narrates every file it opens
     try:
-        files = convert(args.hf_dir, args.output, args.quant, progress=not args.no_progress)
+        files = convert(args.hf_dir, args.output, args.quant, progress=not args.no_progress,
+                        threads=args.threads)
     except (ConvertError, OSError) as e:
         print(f"flashmtp convert: error: {e}", file=sys.stderr)
         return 1

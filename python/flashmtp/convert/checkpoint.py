@@ -183,8 +183,9 @@ class Checkpoint:
             return data.to(torch.float32).numpy()
         return data.to(torch.int64).numpy()
 
-    def close(self) -> None:
-        self._handles.clear()  # safe_open handles unmap when dropped
+    def unmap(self) -> None:
+        """Drop the open shards (safe_open maps them; dropping a handle unmaps it). Later reads reopen."""
+        self._handles.clear()
 
 
 def _scale_to_float32(scale: Any) -> np.ndarray:
