@@ -280,6 +280,21 @@ def test_every_spelling_gives_the_same_files(checkpoints: dict[str, Path], tmp_p
     assert images["modules"] == images["release"]
 
 
+def test_release_spelling_is_what_transformers_loads(tiny: TinyDeepseek4,
+                                                     checkpoints: dict[str, Path]) -> None:
+    """The fixture's release names are DeepSeek's: transformers' own conversion mapping loads them into
+    DeepseekV4ForCausalLM with nothing missing or unexpected and every parameter equal (mtp.* it ignores)."""
+    import torch
+    from transformers import DeepseekV4ForCausalLM
+
+    # transformers maps a release config's compress_ratios through {0, 4, 128} only: pass the tiny config.
+    model, info = DeepseekV4ForCausalLM.from_pretrained(checkpoints["release"], config=tiny.config,
+                                                        output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    state = model.state_dict()
+    assert [k for k in tiny.state if not torch.equal(state[k], tiny.state[k])] == []
+
+
 def test_bf16_checkpoint_converts_exactly(tiny: TinyDeepseek4, tmp_path: Path) -> None:
     """A BF16 checkpoint (how DeepSeek ships its non-FP8 tensors) widens exactly to F32."""
     import torch
