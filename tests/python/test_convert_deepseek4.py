@@ -29,7 +29,7 @@ pytest.importorskip("tokenizers")
 
 from flashmtp import _core  # noqa: E402
 from flashmtp.cli import main as cli_main  # noqa: E402
-from flashmtp.convert import ConvertError, convert, mtp_path  # noqa: E402
+from flashmtp.convert import RECIPES, ConvertError, convert, mtp_path  # noqa: E402
 from flashmtp.convert.checkpoint import Checkpoint  # noqa: E402
 from flashmtp.convert.deepseek4 import Deepseek4Params, main_tensor_specs, mtp_tensor_specs  # noqa: E402
 from flashmtp.gguf import GGUFFile  # noqa: E402
@@ -366,6 +366,11 @@ def test_cli_converts_and_reports(checkpoints: dict[str, Path], tmp_path: Path,
     assert cli_main(["convert", str(checkpoints["modules"]), "-o", str(out), "--quant", "q5_k"]) == 1
     assert "unknown quantization recipe 'q5_k'" in capsys.readouterr().err
 
+    with pytest.raises(SystemExit):
+        cli_main(["convert", "--help"])
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in RECIPES)  # the help names every recipe
+
 
 # -- errors -------------------------------------------------------------------------------------------------
 
@@ -463,6 +468,10 @@ def test_fp8_and_fp4_weights_decode_exactly(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ckpt.read("a.weight", rows=(100, 170)), fp8_want[100:170].numpy())
     np.testing.assert_array_equal(ckpt.read("b.weight"), fp4_want.numpy())
     np.testing.assert_array_equal(ckpt.read("b.weight", rows=(3, 5)), fp4_want[3:5].numpy())
+    # The mxfp4 recipe keeps FP4 experts exact: E2M1 values times 2^k re-quantize to themselves.
+    decoded = ckpt.read("b.weight").reshape(-1)
+    mxfp4 = _core.quantize(int(T.MXFP4), decoded)
+    np.testing.assert_array_equal(_core.dequantize(int(T.MXFP4), mxfp4, decoded.size), decoded)
 
 
 # -- memory -------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``flashmtp convert HF_DIR -o OUT.gguf [--quant RECIPE]``: a DeepSeek-V4 Hugging Face checkpoint to GGUF.
 
     from flashmtp.convert import convert
-    files = convert("DeepSeek-V4-Flash/", "v4-flash-q4_k.gguf", recipe="q4_k")
+    files = convert("DeepSeek-V4-Flash/", "v4-flash-q4_k.gguf", "q4_k")
     # -> v4-flash-q4_k.gguf, and v4-flash-q4_k-mtp.gguf when the checkpoint has its MTP block
 
 Order of work: read config.json and every tensor header; map the names and check every shape against the
@@ -32,7 +32,7 @@ import numpy as np
 from flashmtp.convert import deepseek4
 from flashmtp.convert.checkpoint import Checkpoint, ConvertError
 from flashmtp.convert.deepseek4 import Deepseek4Params, Piece, Sources, TensorSpec
-from flashmtp.convert.recipes import RECIPES, Recipe, TensorClass, recipe, tensor_type
+from flashmtp.convert.recipes import RECIPES, Recipe, TensorClass, find_recipe, tensor_type
 from flashmtp.convert.vocab import Vocab
 
 __all__ = ["RECIPES", "ConvertError", "WrittenFile", "convert", "mtp_path", "run_convert"]
@@ -65,11 +65,11 @@ def mtp_path(out: str | Path) -> Path:
     return out.with_name(stem + "-mtp.gguf")
 
 
-def convert(hf_dir: str | Path, out: str | Path, recipe_name: str = "q8_0", progress: bool = True,
+def convert(hf_dir: str | Path, out: str | Path, quant: str = "q8_0", progress: bool = True,
             threads: int = 0) -> list[WrittenFile]:
-    """Convert a checkpoint directory to ``out`` (and its MTP sidecar when the checkpoint has ``mtp.*``),
-    quantizing on ``threads`` threads (0: one per core)."""
-    r = recipe(recipe_name)
+    """Convert a checkpoint directory to ``out`` (and its MTP sidecar when the checkpoint has ``mtp.*``)
+    with the recipe named ``quant`` (recipes.RECIPES), quantizing on ``threads`` threads (0: one per core)."""
+    r = find_recipe(quant)
     threads = threads or os.cpu_count() or 1
     ckpt = Checkpoint(hf_dir)
     try:
@@ -87,7 +87,7 @@ def convert(hf_dir: str | Path, out: str | Path, recipe_name: str = "q8_0", prog
         vocab = Vocab.load(ckpt.directory, params.vocab_size)
 
         with ThreadPoolExecutor(threads) as pool:
-            encode = _Encoder(params.n_expert, pool if threads > 1 else None, threads)
+            encode = _Encoder(params.n_expert, pool, threads)
             main_meta = deepseek4.metadata(params, params.n_layer)
             written = [_write(Path(out), main_plan, main_meta, vocab, ckpt, r, encode, progress)]
             if mtp_plan:
@@ -153,11 +153,11 @@ def _plan(specs: list[TensorSpec], sources: Sources, ckpt: Checkpoint, r: Recipe
             more = " ..." if len(pieces) > 4 else ""
             raise ConvertError(f"{spec.name}: config.json implies shape {list(spec.shape)}, the checkpoint "
                                f"gives {got}{more}")
-        stored = {ckpt.info(piece.tensor).dtype for piece in pieces}
-        if (spec.cls is TensorClass.INDEX) != all(d[0] in "IU" and d not in ("I8", "U8") for d in stored):
+        infos = [ckpt.info(piece.tensor) for piece in pieces]
+        if any(info.is_integer != (spec.cls is TensorClass.INDEX) for info in infos):
             kind = "an integer table" if spec.cls is TensorClass.INDEX else "float weights"
-            raise ConvertError(f"{spec.name}: stored type {sorted(stored)} of {pieces[0].tensor} does not "
-                               f"fit ({kind})")
+            raise ConvertError(f"{spec.name}: {pieces[0].tensor} is stored as {infos[0].dtype}, expected "
+                               f"{kind}")
         qtype, wanted = tensor_type(r, spec.cls, spec.shape[-1])
         if wanted is not None:
             logger.warning("%s: rows of %d do not split into %s blocks: %s instead", spec.name,
@@ -203,7 +203,7 @@ class _Encoder:
     split)."""
 
     n_expert: int
-    pool: ThreadPoolExecutor | None
+    pool: ThreadPoolExecutor
     n_threads: int
 
     def __call__(self, chunk: np.ndarray, t: _Planned) -> np.ndarray:
@@ -219,7 +219,7 @@ class _Encoder:
 
         rows = np.ascontiguousarray(chunk, dtype=np.float32)  # [rows, row_length]
         qtype = int(t.qtype)
-        if self.pool is None or len(rows) < 2:
+        if self.n_threads < 2 or len(rows) < 2:
             return _core.quantize(qtype, rows.reshape(-1))
         parts = np.array_split(rows, min(len(rows), self.n_threads))
         encoded = self.pool.map(lambda part: _core.quantize(qtype, part.reshape(-1)), parts)

@@ -45,6 +45,11 @@ class TensorInfo:
     dtype: str  # safetensors dtype name of the stored values (F32, BF16, F8_E4M3, I8, I64, ...)
     encoding: str  # "plain", "fp8" or "fp4"
 
+    @property
+    def is_integer(self) -> bool:
+        """Stored integers that are values (tid2eid), not packed FP4 codes."""
+        return self.encoding == "plain" and self.dtype[0] in "IU"
+
 
 class Checkpoint:
     """The tensors of one checkpoint directory, addressed by their stored names."""
@@ -61,6 +66,7 @@ class Checkpoint:
         except json.JSONDecodeError as e:
             raise ConvertError(f"{config_path}: not valid JSON: {e}") from e
         self._handles: dict[Path, Any] = {}  # open safe_open objects, one per shard
+        self._keys: dict[Path, dict[str, None]] = {}  # the names each shard holds, in stored order
         self._shard_of = self._find_shards()
         self._infos = self._read_infos()
 
@@ -83,7 +89,7 @@ class Checkpoint:
             raise ConvertError(f"{self.directory}: no *.safetensors files (only safetensors converts)")
         shards: dict[str, Path] = {}
         for path in files:
-            for name in self._handle(path).keys():
+            for name in self._shard_keys(path):
                 if name in shards:
                     raise ConvertError(f"{self.directory}: tensor {name} is in both {shards[name].name} "
                                        f"and {path.name}")
@@ -102,12 +108,17 @@ class Checkpoint:
             self._handles[path] = handle
         return handle
 
+    def _shard_keys(self, path: Path) -> dict[str, None]:
+        keys = self._keys.get(path)
+        if keys is None:
+            keys = self._keys[path] = dict.fromkeys(self._handle(path).keys())
+        return keys
+
     def _stored(self, name: str) -> tuple[list[int], str]:
         path = self._shard_of[name]
-        handle = self._handle(path)
-        if name not in handle.keys():
+        if name not in self._shard_keys(path):
             raise ConvertError(f"{path}: the index places {name} here, but the file does not hold it")
-        piece = handle.get_slice(name)
+        piece = self._handle(path).get_slice(name)
         return list(piece.get_shape()), piece.get_dtype()
 
     def _read_infos(self) -> dict[str, TensorInfo]:

@@ -106,6 +106,10 @@ class Deepseek4Params:
         if scoring not in _GATING_FUNC:
             raise ConvertError(f"config.json: scoring_func {scoring!r} is not one of "
                                f"{', '.join(_GATING_FUNC)}")
+        n_head, o_groups = c.int("num_attention_heads"), c.int("o_groups")
+        if o_groups == 0 or (n_head * head_dim) % o_groups:
+            raise ConvertError(f"config.json: o_groups = {o_groups} does not divide the {n_head} x "
+                               f"{head_dim} attention output")
         n_head_kv = c.int("num_key_value_heads", default=1)
         if n_head_kv != 1:
             raise ConvertError(f"config.json: num_key_value_heads = {n_head_kv}; DeepSeek-V4 attention "
@@ -114,12 +118,12 @@ class Deepseek4Params:
             vocab_size=c.int("vocab_size"),
             n_embd=c.int("hidden_size"),
             n_layer=n_layer,
-            n_head=c.int("num_attention_heads"),
+            n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim=head_dim,
             rope_dim=rope_dim,
             q_lora_rank=c.int("q_lora_rank"),
-            o_groups=c.int("o_groups"),
+            o_groups=o_groups,
             o_lora_rank=c.int("o_lora_rank"),
             n_expert=c.int("n_routed_experts"),
             n_expert_used=c.int("num_experts_per_tok"),
