@@ -230,6 +230,11 @@ def test_metadata_has_llama_cpp_keys_and_config_values(f32_files: tuple[Path, Pa
     assert len(tokens) == 300 and tokens[:2] == ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]
     assert types[:2] == [gguf.TokenType.CONTROL] * 2
     assert tokens[299] == "[PAD299]" and types[299] == gguf.TokenType.UNUSED
+    # Added tokens not marked special: CONTROL if they look special (llama.cpp's rule), else USER_DEFINED
+    # with the metaspace stored as a space.
+    assert tokens[280:283] == ["<｜tool▁calls▁begin｜>", "<think>", " user "]
+    kind = gguf.TokenType
+    assert types[280:283] == [kind.CONTROL, kind.USER_DEFINED, kind.USER_DEFINED]
     assert types.count(gguf.TokenType.NORMAL) == 278  # the trained vocabulary: 280 minus the 2 specials
     assert len(meta["tokenizer.ggml.merges"]) > 0
 

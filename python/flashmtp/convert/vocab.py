@@ -2,10 +2,10 @@
 
 Writes what llama.cpp's converter writes for DeepSeek-V3/V4 (``_set_vocab_gpt2``): model "gpt2", pre-tokenizer
 "deepseek-v3" (V4 reuses V3's tokenizer), one entry per id up to the model's vocab_size (ids the tokenizer
-does not use become ``[PADn]``, type UNUSED), token types (special added tokens CONTROL, other added tokens
-USER_DEFINED, the rest NORMAL); then gguf's SpecialVocab adds the merges, the bos / eos / pad ids, the
-add_bos / add_eos flags and the chat template (tokenizer_config.json, chat_template.jinja or
-chat_template.json), exactly as llama.cpp does.
+does not use become ``[PADn]``, type UNUSED), token types (added tokens CONTROL when marked special or when
+they look special by llama.cpp's rule, else USER_DEFINED; the rest NORMAL); then gguf's SpecialVocab adds
+the merges, the bos / eos / pad ids, the add_bos / add_eos flags and the chat template (tokenizer_config.json,
+chat_template.jinja or chat_template.json), exactly as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ from flashmtp.convert.checkpoint import ConvertError
 __all__ = ["Vocab"]
 
 PRE_TOKENIZER = "deepseek-v3"
+
+
+def _looks_special(text: str) -> bool:
+    """llama.cpp's converter also makes these added tokens CONTROL when the tokenizer does not mark them
+    special (DeepSeek's ``<｜...｜>`` among them)."""
+    return (text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (text.startswith("<|") and text.endswith("|>"))
+            or (text.startswith("<｜") and text.endswith("｜>"))
+            or (text.startswith("<unused") and text.endswith(">")))
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,12 @@ class Vocab:
                 tokens.append(f"[PAD{i}]")
                 types.append(gguf.TokenType.UNUSED)
             elif i in added:
-                tokens.append(by_id[i])
-                special = added[i].get("special")
-                types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+                if added[i].get("special") or _looks_special(by_id[i]):
+                    tokens.append(by_id[i])
+                    types.append(gguf.TokenType.CONTROL)
+                else:  # llama.cpp stores user-defined tokens pre-normalized: the metaspace as a space
+                    tokens.append(by_id[i].replace("\u2581", " "))
+                    types.append(gguf.TokenType.USER_DEFINED)
             else:
                 tokens.append(by_id[i])
                 types.append(gguf.TokenType.NORMAL)

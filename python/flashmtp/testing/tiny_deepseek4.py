@@ -16,7 +16,7 @@ shared/spec/gguf.md. Needs torch, transformers, safetensors and tokenizers.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = ["TinyDeepseek4", "make_tiny_deepseek4"]
 
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+ADDED_TOKENS = ("<｜tool▁calls▁begin｜>", "<think>", "▁user▁")  # ids 280, 281, 282
 
 
 def tiny_config(**overrides: Any) -> Any:
@@ -52,11 +53,11 @@ class TinyDeepseek4:
     config: Any  # DeepseekV4Config
     state: dict[str, Any]  # transformers parameter name -> torch tensor (the model's state_dict)
     mtp: dict[str, Any]  # release name (mtp.0.*) -> torch tensor
+    _saved: tuple[dict[str, Any], dict[str, Any]] | None = field(default=None, repr=False)
 
     def write(self, directory: Path, spelling: str, dtype: Any = None) -> Path:
         """Write config.json, the weights (model.safetensors + mtp.safetensors + index), tokenizer.json and
         tokenizer_config.json to ``directory`` in the given spelling; ``dtype`` casts float weights."""
-        import torch
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -83,10 +84,12 @@ class TinyDeepseek4:
         (directory / "model.safetensors.index.json").write_text(json.dumps(index))
         (directory / "config.json").write_text(json.dumps(config, indent=1))
         _write_tokenizer(directory, self.config.vocab_size)
-        del torch
         return directory
 
     def _saved_by_transformers(self, directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The tensors and config.json that ``save_pretrained`` writes (computed once: it builds a model)."""
+        if self._saved is not None:
+            return self._saved
         import tempfile
 
         from safetensors import safe_open
@@ -101,7 +104,8 @@ class TinyDeepseek4:
                 with safe_open(str(path), framework="pt") as f:
                     tensors.update({k: f.get_tensor(k) for k in f.keys()})
             config = json.loads((Path(tmp) / "config.json").read_text())
-        return tensors, config
+        self._saved = (tensors, config)
+        return self._saved
 
 
 def _release_name(saved: str) -> str:
@@ -146,7 +150,7 @@ def _release_config(config: Any) -> dict[str, Any]:
 
 
 def _write_tokenizer(directory: Path, vocab_size: int) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -156,6 +160,8 @@ def _write_tokenizer(directory: Path, vocab_size: int) -> None:
     text = ["the quick brown fox jumps over the lazy dog", "def convert(hf_dir, out): return out",
             "mixture of experts with multi-token prediction"] * 20
     tokenizer.train_from_iterator(text, trainer)
+    # Added tokens not marked special: one llama.cpp still makes CONTROL by its look, two user-defined ones.
+    tokenizer.add_tokens([AddedToken(t, special=False) for t in ADDED_TOKENS])
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "bos_token": BOS, "eos_token": EOS, "add_bos_token": True, "add_eos_token": False,
