@@ -479,6 +479,36 @@ def test_fp8_and_fp4_weights_decode_exactly(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_core.dequantize(int(T.MXFP4), mxfp4, decoded.size), decoded)
 
 
+def test_release_checkpoint_with_fp8_and_fp4_tensors(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """DeepSeek ships matrices as FP8 and routed experts as FP4, each with a ``.scale`` companion: they
+    convert to the values they decode to, in the right place (an attention matrix, expert 1 of a stack)."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory = _copy(checkpoints["release"], tmp_path)
+    g = torch.Generator().manual_seed(2)
+    wq_a = torch.randn(48, 256, generator=g).to(torch.float8_e4m3fn)  # one 128 x 128 tile row, two columns
+    wq_a_exp = torch.tensor([[125, 129]], dtype=torch.uint8)
+    codes = torch.randint(0, 16, (96, 256), generator=g, dtype=torch.uint8)
+    w1_exp = torch.randint(120, 130, (96, 8), generator=g).to(torch.uint8)
+    tensors = {"layers.0.attn.wq_a.weight": wq_a,
+               "layers.0.attn.wq_a.scale": wq_a_exp.view(torch.float8_e8m0fnu),
+               "layers.2.ffn.experts.1.w1.weight": (codes[:, 0::2] | (codes[:, 1::2] << 4)).view(torch.int8),
+               "layers.2.ffn.experts.1.w1.scale": w1_exp.view(torch.float8_e8m0fnu)}
+    save_file(tensors, str(directory / "scaled.safetensors"))
+    _edit_json(directory / "model.safetensors.index.json",
+               lambda d: d["weight_map"].update(dict.fromkeys(tensors, "scaled.safetensors")))
+    convert(directory, tmp_path / "x.gguf", "f32", progress=False)
+
+    e2m1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                         -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+    want_wq_a = wq_a.float() * torch.exp2(wq_a_exp.float() - 127).repeat_interleave(128, 1)
+    want_w1 = e2m1[codes.long()] * torch.exp2(w1_exp.float() - 127).repeat_interleave(32, 1)
+    with GGUFFile(tmp_path / "x.gguf") as f:
+        np.testing.assert_array_equal(f.tensor("blk.0.attn_q_a.weight"), want_wq_a.numpy())
+        np.testing.assert_array_equal(f.tensor("blk.2.ffn_gate_exps.weight")[1], want_w1.numpy())
+
+
 # -- memory -------------------------------------------------------------------------------------------------
 
 _MEASURE_PEAK = """

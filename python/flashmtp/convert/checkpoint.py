@@ -8,7 +8,7 @@ Reads go through ``safetensors.safe_open`` slices, so only the requested rows le
 never loaded whole unless it is asked for whole. Besides plain F32 / F16 / BF16 / integer tensors it decodes
 the two block-scaled formats of DeepSeek's own releases, recognised by a companion ``NAME.scale`` tensor:
 - FP8: ``NAME.weight`` F8_E4M3 [out, in] with ``NAME.scale`` [ceil(out/128), ceil(in/128)] (E8M0 or float):
-  one scale per 128 x 128 tile.
+  one scale per 128 x 128 tile (config.json's quantization_config.weight_block_size, when given).
 - FP4 (routed experts): ``NAME.weight`` I8 [out, in/2], two E2M1 codes per byte (element 2j in the low nibble,
   2j+1 in the high one), with ``NAME.scale`` [out, in/32]: one scale per 32 consecutive elements of a row.
 The ``.scale`` tensors are consumed here and never listed as tensors of their own.
@@ -28,7 +28,6 @@ __all__ = ["Checkpoint", "ConvertError", "TensorInfo"]
 # E2M1 code -> value (bit 3 is the sign).
 _FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
                         -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
-_FP8_TILE = 128  # FP8 scale tile edge (rows and columns)
 _FP4_BLOCK = 32  # FP4 elements per scale
 
 
@@ -65,6 +64,7 @@ class Checkpoint:
             self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ConvertError(f"{config_path}: not valid JSON: {e}") from e
+        self._fp8_tile = _fp8_tile(self.config)  # (rows, cols) of the weight one FP8 scale covers
         self._handles: dict[Path, Any] = {}  # open safe_open objects, one per shard
         self._keys: dict[Path, dict[str, None]] = {}  # the names each shard holds, in stored order
         self._shard_of = self._find_shards()
@@ -136,14 +136,13 @@ class Checkpoint:
             infos[name] = TensorInfo(name, tuple(shape), dtype, encoding)
         return infos
 
-    @staticmethod
-    def _scaled_layout(name: str, shape: list[int], dtype: str,
+    def _scaled_layout(self, name: str, shape: list[int], dtype: str,
                        scale_shape: list[int]) -> tuple[str, list[int]]:
         if len(shape) != 2:
             raise ConvertError(f"{name}: a block-scaled weight must be 2-D, got shape {shape}")
         rows, cols = shape
         if dtype.startswith("F8_"):
-            want = [-(-rows // _FP8_TILE), -(-cols // _FP8_TILE)]
+            want = [-(-rows // self._fp8_tile[0]), -(-cols // self._fp8_tile[1])]
             if scale_shape != want:
                 raise ConvertError(f"{name}.scale: FP8 weight {shape} needs scales {want}, got {scale_shape}")
             return "fp8", shape
@@ -188,7 +187,7 @@ class Checkpoint:
             scale = self._handle(self._shard_of[name[: -len(".weight")] + ".scale"]).get_slice(
                 name[: -len(".weight")] + ".scale")
             if info.encoding == "fp8":
-                return _decode_fp8(piece[r0:r1], scale, r0, r1)
+                return _decode_fp8(piece[r0:r1], scale, r0, r1, self._fp8_tile)
             return _decode_fp4(piece[r0:r1], scale[r0:r1])
         if data.dtype.is_floating_point:
             return data.to(torch.float32).numpy()
@@ -209,14 +208,22 @@ def _scale_to_float32(scale: Any) -> np.ndarray:
     return scale.to(torch.float32).numpy()
 
 
-def _decode_fp8(weight: Any, scale_slice: Any, r0: int, r1: int) -> np.ndarray:
+def _fp8_tile(config: dict[str, Any]) -> tuple[int, int]:
+    tile = (config.get("quantization_config") or {}).get("weight_block_size", [128, 128])
+    if not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(t, int) and t > 0 for t in tile)):
+        raise ConvertError(f"config.json: quantization_config.weight_block_size must be [rows, cols], got "
+                           f"{tile!r}")
+    return tile[0], tile[1]
+
+
+def _decode_fp8(weight: Any, scale_slice: Any, r0: int, r1: int, tile: tuple[int, int]) -> np.ndarray:
     import torch
 
     values = weight.to(torch.float32).numpy()  # [r1 - r0, cols]
-    t0, t1 = r0 // _FP8_TILE, -(-r1 // _FP8_TILE)
-    scale = _scale_to_float32(scale_slice[t0:t1])  # [tiles in these rows, column tiles]
-    scale = np.repeat(np.repeat(scale, _FP8_TILE, axis=0), _FP8_TILE, axis=1)
-    scale = scale[r0 - t0 * _FP8_TILE : r1 - t0 * _FP8_TILE, : values.shape[1]]
+    t0, t1 = r0 // tile[0], -(-r1 // tile[0])
+    scale = _scale_to_float32(scale_slice[t0:t1])  # [row tiles of these rows, column tiles]
+    scale = np.repeat(np.repeat(scale, tile[0], axis=0), tile[1], axis=1)
+    scale = scale[r0 - t0 * tile[0] : r1 - t0 * tile[0], : values.shape[1]]
     return values * scale
 
 
