@@ -17,8 +17,7 @@ transformers drops the MTP weights when it loads a checkpoint; they exist only i
 
 Layout transforms (everything else is copied as stored, [out, in] row-major = ggml {in, out}):
 - routed experts: the per-expert [out, in] matrices are stacked into one [E, out, in] tensor (ggml
-  {in, out, E});
-  a fused transformers gate_up_proj [E, 2I, D] is split into gate = rows [0, I) and up = rows [I, 2I);
+  {in, out, E}); a fused transformers gate_up_proj [E, 2I, D] splits into gate = rows [0, I), up = [I, 2I);
 - tid2eid: int64 [vocab, top_k] -> I32 (ids checked against the expert count);
 - MTP eh_proj = [e_proj | h_proj] joined along the input: [D, 2D], the embedding half first.
 No RoPE permutation: V4 rotates interleaved pairs of the last rope dims, like ggml's normal (non-NeoX) RoPE.
@@ -40,9 +39,8 @@ from typing import Any
 from flashmtp.convert.checkpoint import ConvertError
 from flashmtp.convert.recipes import TensorClass
 
-__all__ = ["ARCH", "MAIN_MODEL_TENSORS_KEY", "Deepseek4Params", "Piece", "TensorSpec", "main_tensor_specs",
-           "Sources", "metadata", "mtp_tensor_specs",
-           "resolve_sources"]
+__all__ = ["ARCH", "MAIN_MODEL_TENSORS_KEY", "Deepseek4Params", "Piece", "Sources", "TensorSpec",
+           "main_tensor_specs", "metadata", "mtp_tensor_specs", "resolve_sources"]
 
 ARCH = "deepseek4"
 MAIN_MODEL_TENSORS_KEY = "flashmtp.mtp.main_model_tensors"
