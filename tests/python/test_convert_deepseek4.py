@@ -395,6 +395,13 @@ def test_error_missing_config(tmp_path: Path) -> None:
         convert(tmp_path, tmp_path / "x.gguf", progress=False)
 
 
+def test_error_missing_tokenizer(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    directory = _copy(checkpoints["release"], tmp_path)
+    (directory / "tokenizer.json").unlink()
+    with pytest.raises(ConvertError, match="no tokenizer.json"):
+        convert(directory, tmp_path / "x.gguf", progress=False)
+
+
 def test_error_unknown_recipe(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match=r"unknown quantization recipe 'q4_k_m'; expected one of: f32, "):
         convert(checkpoints["release"], tmp_path / "x.gguf", "q4_k_m", progress=False)
