@@ -1,5 +1,6 @@
 """The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
-``flashmtp chat -m MODEL``, ``flashmtp bench kernels``, ``flashmtp bench decode -m MODEL``."""
+``flashmtp chat -m MODEL``, ``flashmtp convert HF_DIR -o OUT.gguf``, ``flashmtp bench kernels``,
+``flashmtp bench decode -m MODEL``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ def _run_info(args: argparse.Namespace) -> int:
     from flashmtp.info import run_info
 
     return run_info(args)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from flashmtp.convert import run_convert
+
+    return run_convert(args)
 
 
 def _run_bench_kernels(args: argparse.Namespace) -> int:
@@ -103,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("-c", "--ctx", type=int, default=0,
                       help="context positions (0: 4096, at most the training context)")
     chat.set_defaults(run=_run_chat)
+    convert = sub.add_parser("convert", help="convert a DeepSeek-V4 Hugging Face checkpoint to GGUF")
+    convert.add_argument("hf_dir", help="checkpoint directory: config.json, *.safetensors, tokenizer.json")
+    convert.add_argument("-o", "--output", required=True,
+                         help="output .gguf; the MTP block, if any, goes to NAME-mtp.gguf beside it")
+    convert.add_argument("--quant", default="q8_0", metavar="RECIPE",
+                         help="f32, bf16, q8_0 (default), q4_k / q3_k / mxfp4 (routed experts; other "
+                              "matrices q8_0); norms, hyper-connection, sinks, ape and router stay f32")
+    convert.add_argument("-t", "--threads", type=_non_negative_int, default=0,
+                         help="quantization threads (0: one per core)")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert.set_defaults(run=_run_convert)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
