@@ -80,6 +80,12 @@ using QuantizeRowFn = void (*)(const float *src, void *dst, int64_t n);
 constexpr int VEC_DOT_MAX_X = 8;
 using VecDotFn = void (*)(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, float *out);
 
+// GEMV over consecutive weight rows in one call: y[r] = dot(w + r * w_stride, x) for r < n_rows, each exactly
+// vec_dot's n_x = 1 result (the same bits: a token decoded alone matches it decoded in a batch). One call per
+// chunk of rows instead of one per row: the row kernel is inlined into the loop, its result never leaves a
+// register through memory, and nothing is spilled around a call.
+using GemvFn = void (*)(int64_t n, const void *w, size_t w_stride, int64_t n_rows, const void *x, float *y);
+
 // Clamped SwiGLU in place: gate[i] = silu(min(gate[i], limit)) * clamp(up[i], -limit, limit), limit = +inf for
 // the plain one (DeepSeek-V4 clamps at 10). NaN propagates. Every ISA gives the same bits (kernels/ref/act_ref.cpp
 // is the specification); about 2 ulp from the exact value.
@@ -98,6 +104,7 @@ const char *isa_name(Isa isa);
 struct KernelTable {
     Isa isa;
     VecDotFn vec_dot[DTYPE_COUNT];                // by weight type; nullptr if not a weight type
+    GemvFn gemv[DTYPE_COUNT];                     // with every vec_dot, the same kernel over rows (set_vec_dot)
     QuantizeRowFn quantize_row[DTYPE_COUNT];      // activation formats at least (Q8_0X, Q8_K, F32 copy)
     DequantizeRowFn dequantize_row[DTYPE_COUNT];  // every readable type
     SwigluFn swiglu;

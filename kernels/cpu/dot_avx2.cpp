@@ -104,9 +104,9 @@ void vec_dot_float(int64_t n, const void *w, const void *x, size_t x_stride, int
 }  // namespace
 
 void kernel_table_fill_avx2(KernelTable &table) {
-    table.vec_dot[DTYPE_F32] = vec_dot_float<LoadF32>;
-    table.vec_dot[DTYPE_F16] = vec_dot_float<LoadF16>;
-    table.vec_dot[DTYPE_BF16] = vec_dot_float<LoadBF16>;
+    set_vec_dot<vec_dot_float<LoadF32>>(table, DTYPE_F32);
+    set_vec_dot<vec_dot_float<LoadF16>>(table, DTYPE_F16);
+    set_vec_dot<vec_dot_float<LoadBF16>>(table, DTYPE_BF16);
     fill_block_dots<IntDotAvx2>(table);
 }
 

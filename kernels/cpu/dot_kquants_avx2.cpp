@@ -308,11 +308,11 @@ void vec_dot(int64_t n, const void *w, const void *x, size_t x_stride, int n_x, 
 }  // namespace
 
 void kernel_table_fill_avx2_kquants(KernelTable &table) {
-    table.vec_dot[DTYPE_Q2_K] = vec_dot<Q2K>;
-    table.vec_dot[DTYPE_Q3_K] = vec_dot<Q3K>;
-    table.vec_dot[DTYPE_Q4_K] = vec_dot<Q4K>;
-    table.vec_dot[DTYPE_Q5_K] = vec_dot<Q5K>;
-    table.vec_dot[DTYPE_Q6_K] = vec_dot<Q6K>;
+    set_vec_dot<vec_dot<Q2K>>(table, DTYPE_Q2_K);
+    set_vec_dot<vec_dot<Q3K>>(table, DTYPE_Q3_K);
+    set_vec_dot<vec_dot<Q4K>>(table, DTYPE_Q4_K);
+    set_vec_dot<vec_dot<Q5K>>(table, DTYPE_Q5_K);
+    set_vec_dot<vec_dot<Q6K>>(table, DTYPE_Q6_K);
 }
 
 }  // namespace flashmtp

@@ -310,12 +310,12 @@ void vec_dot_blocks(int64_t n, const void *w, const void *x, size_t x_stride, in
 
 template <class IntDot>
 void fill_block_dots(KernelTable &table) {
-    table.vec_dot[DTYPE_Q4_0] = vec_dot_blocks<IntDot, BlockQ4_0>;
-    table.vec_dot[DTYPE_Q4_1] = vec_dot_blocks<IntDot, BlockQ4_1>;
-    table.vec_dot[DTYPE_Q5_0] = vec_dot_blocks<IntDot, BlockQ5_0>;
-    table.vec_dot[DTYPE_Q5_1] = vec_dot_blocks<IntDot, BlockQ5_1>;
-    table.vec_dot[DTYPE_Q8_0] = vec_dot_blocks<IntDot, BlockQ8_0>;
-    table.vec_dot[DTYPE_MXFP4] = vec_dot_blocks<IntDot, BlockMxfp4>;
+    set_vec_dot<vec_dot_blocks<IntDot, BlockQ4_0>>(table, DTYPE_Q4_0);
+    set_vec_dot<vec_dot_blocks<IntDot, BlockQ4_1>>(table, DTYPE_Q4_1);
+    set_vec_dot<vec_dot_blocks<IntDot, BlockQ5_0>>(table, DTYPE_Q5_0);
+    set_vec_dot<vec_dot_blocks<IntDot, BlockQ5_1>>(table, DTYPE_Q5_1);
+    set_vec_dot<vec_dot_blocks<IntDot, BlockQ8_0>>(table, DTYPE_Q8_0);
+    set_vec_dot<vec_dot_blocks<IntDot, BlockMxfp4>>(table, DTYPE_MXFP4);
 }
 
 }  // namespace

@@ -173,11 +173,11 @@ void vec_dot_k_ref(int64_t n, const void *w, const void *x, size_t x_stride, int
 }  // namespace
 
 void kernel_table_fill_dot_kquants_ref(KernelTable &table) {
-    table.vec_dot[DTYPE_Q2_K] = vec_dot_k_ref<block_q2_K, decode_q2_K, true>;
-    table.vec_dot[DTYPE_Q3_K] = vec_dot_k_ref<block_q3_K, decode_q3_K, false>;
-    table.vec_dot[DTYPE_Q4_K] = vec_dot_k_ref<block_q4_K, decode_q4_K, true>;
-    table.vec_dot[DTYPE_Q5_K] = vec_dot_k_ref<block_q5_K, decode_q5_K, true>;
-    table.vec_dot[DTYPE_Q6_K] = vec_dot_k_ref<block_q6_K, decode_q6_K, false>;
+    set_vec_dot<vec_dot_k_ref<block_q2_K, decode_q2_K, true>>(table, DTYPE_Q2_K);
+    set_vec_dot<vec_dot_k_ref<block_q3_K, decode_q3_K, false>>(table, DTYPE_Q3_K);
+    set_vec_dot<vec_dot_k_ref<block_q4_K, decode_q4_K, true>>(table, DTYPE_Q4_K);
+    set_vec_dot<vec_dot_k_ref<block_q5_K, decode_q5_K, true>>(table, DTYPE_Q5_K);
+    set_vec_dot<vec_dot_k_ref<block_q6_K, decode_q6_K, false>>(table, DTYPE_Q6_K);
 }
 
 }  // namespace flashmtp

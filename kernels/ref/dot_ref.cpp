@@ -167,15 +167,15 @@ void vec_dot_rows(int64_t n, const void *w, const void *x, size_t x_stride, int 
 }  // namespace
 
 void kernel_table_fill_dot_ref(KernelTable &table) {
-    table.vec_dot[DTYPE_F32] = vec_dot_rows<dot_f32>;
-    table.vec_dot[DTYPE_F16] = vec_dot_rows<dot_half<fp16_to_fp32>>;
-    table.vec_dot[DTYPE_BF16] = vec_dot_rows<dot_half<bf16_to_fp32>>;
-    table.vec_dot[DTYPE_Q4_0] = vec_dot_rows<dot_blocks_q8_0x<block_q4_0, decode_q4_0, false>>;
-    table.vec_dot[DTYPE_Q4_1] = vec_dot_rows<dot_blocks_q8_0x<block_q4_1, decode_q4_1, true>>;
-    table.vec_dot[DTYPE_Q5_0] = vec_dot_rows<dot_blocks_q8_0x<block_q5_0, decode_q5_0, false>>;
-    table.vec_dot[DTYPE_Q5_1] = vec_dot_rows<dot_blocks_q8_0x<block_q5_1, decode_q5_1, true>>;
-    table.vec_dot[DTYPE_Q8_0] = vec_dot_rows<dot_blocks_q8_0x<block_q8_0, decode_q8_0, false>>;
-    table.vec_dot[DTYPE_MXFP4] = vec_dot_rows<dot_blocks_q8_0x<block_mxfp4, decode_mxfp4, false>>;
+    set_vec_dot<vec_dot_rows<dot_f32>>(table, DTYPE_F32);
+    set_vec_dot<vec_dot_rows<dot_half<fp16_to_fp32>>>(table, DTYPE_F16);
+    set_vec_dot<vec_dot_rows<dot_half<bf16_to_fp32>>>(table, DTYPE_BF16);
+    set_vec_dot<vec_dot_rows<dot_blocks_q8_0x<block_q4_0, decode_q4_0, false>>>(table, DTYPE_Q4_0);
+    set_vec_dot<vec_dot_rows<dot_blocks_q8_0x<block_q4_1, decode_q4_1, true>>>(table, DTYPE_Q4_1);
+    set_vec_dot<vec_dot_rows<dot_blocks_q8_0x<block_q5_0, decode_q5_0, false>>>(table, DTYPE_Q5_0);
+    set_vec_dot<vec_dot_rows<dot_blocks_q8_0x<block_q5_1, decode_q5_1, true>>>(table, DTYPE_Q5_1);
+    set_vec_dot<vec_dot_rows<dot_blocks_q8_0x<block_q8_0, decode_q8_0, false>>>(table, DTYPE_Q8_0);
+    set_vec_dot<vec_dot_rows<dot_blocks_q8_0x<block_mxfp4, decode_mxfp4, false>>>(table, DTYPE_MXFP4);
 }
 
 }  // namespace flashmtp

@@ -6,8 +6,8 @@
 //     dequantized weights and dequantized (quantized) activations, |error| <= 1e-4 * sum_j |w_j x_j|. The
 //     kernels sum in float32 (relative rounding ~6e-8 per step over at most a few hundred blocks), so 1e-4
 //     leaves a wide margin while catching any wrong block, scale or sign.
-//  3. Batch invariance, bitwise: a token's outputs are identical for batches of 1..64 tokens, at any
-//     position, with 1 and 2 threads.
+//  3. Batch invariance, bitwise: a token's outputs are identical for batches of 1..64 tokens (one token
+//     takes the GEMV kernel, more take vec_dot), at any position, with 1 and 2 threads.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -58,14 +58,27 @@ void probe_dot_f32(int64_t n, const void *w, const void *x, size_t x_stride, int
     }
 }
 
+// A single token takes the GEMV entry: the same probe, one call per row.
+void probe_gemv_f32(int64_t n, const void *w, size_t w_stride, int64_t n_rows, const void *x, float *y) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+        probe_dot_f32(n, static_cast<const uint8_t *>(w) + size_t(r) * w_stride, x, 0, 1, y + r);
+    }
+}
+
 void never_called_dot(int64_t, const void *, const void *, size_t, int, float *) {
     CHECK_MSG(false, "a dot kernel ran although matmul should have rejected its arguments");
+}
+
+void never_called_gemv(int64_t, const void *, size_t, int64_t, const void *, float *) {
+    CHECK_MSG(false, "a GEMV kernel ran although matmul should have rejected its arguments");
 }
 
 KernelTable probe_table() {
     KernelTable table = kernels();
     table.vec_dot[DTYPE_F32] = probe_dot_f32;
+    table.gemv[DTYPE_F32] = probe_gemv_f32;
     table.vec_dot[DTYPE_Q8_0] = never_called_dot;  // for the block-size error path only
+    table.gemv[DTYPE_Q8_0] = never_called_gemv;
     return table;
 }
 
