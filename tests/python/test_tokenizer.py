@@ -24,8 +24,8 @@ GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
-# llama.cpp's regexes for tokenizer.ggml.pre "default" (llm_tokenizer_bpe), each splitting the pieces of the one
-# before. No Hugging Face tokenizer.json uses them, so the oracle is the same Splits in tokenizers' regex engine.
+# llama.cpp's regexes for tokenizer.ggml.pre "default" (llm_tokenizer_bpe), each splitting the pieces of the
+# one before. No Hugging Face tokenizer.json uses them: the oracle is the same Splits in tokenizers' engine.
 DEFAULT_PATTERNS = (
     r"[\p{P}\$\+<=>\^~\|]+",
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
@@ -85,7 +85,8 @@ def oracle_tokenizer(path, parse_special: bool):
         raise AssertionError(f"no oracle for tokenizer.ggml.pre {pre!r}")
     tok.decoder = decoders.ByteLevel()
     special = [AddedToken(t, special=True, normalized=False)
-               for t, ty in zip(tokens, types, strict=True) if ty in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN) and t]
+               for t, ty in zip(tokens, types, strict=True)
+               if ty in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN) and t]
     user = [AddedToken(t, special=False, normalized=False)
             for t, ty in zip(tokens, types, strict=True) if ty == TOKEN_TYPE_USER_DEFINED and t]
     if user:

