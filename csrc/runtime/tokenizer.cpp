@@ -384,6 +384,7 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
             const int32_t id = t.find_token(std::string_view(name, 6));
             t.byte_tokens_[b] = id >= 0 ? id : t.find_token(std::string(1, char(b)));
         }
+        t.load_spm_space_joiners();
     }
 
     const auto optional_id = [&](const char *key) {
@@ -464,25 +465,32 @@ void Tokenizer::load_special_index() {
     }
 }
 
-std::vector<int32_t> Tokenizer::index_build(const std::vector<Token> &tokens, const std::vector<int32_t> &ids) {
+std::vector<Tokenizer::IndexSlot> Tokenizer::index_build(const std::vector<Token> &tokens,
+                                                         const std::vector<int32_t> &ids) {
     size_t size = 16;
     while (size < 2 * ids.size()) size *= 2;  // at most half full: short probe runs
-    std::vector<int32_t> index(size, -1);
+    std::vector<IndexSlot> index(size, IndexSlot{-1, 0});
     const size_t mask = size - 1;
     for (const int32_t id : ids) {
         const std::string &text = tokens[id].text;
-        size_t slot = std::hash<std::string_view>{}(text) & mask;
-        while (index[slot] >= 0 && tokens[index[slot]].text != text) slot = (slot + 1) & mask;
-        if (index[slot] < 0) index[slot] = id;
+        const size_t hash = std::hash<std::string_view>{}(text);
+        const uint32_t tag = uint32_t(uint64_t(hash) >> 32);
+        size_t slot = hash & mask;
+        while (index[slot].id >= 0 && !(index[slot].tag == tag && tokens[index[slot].id].text == text)) {
+            slot = (slot + 1) & mask;
+        }
+        if (index[slot].id < 0) index[slot] = {id, tag};
     }
     return index;
 }
 
-int32_t Tokenizer::index_find(const std::vector<int32_t> &index, std::string_view text) const {
+int32_t Tokenizer::index_find(const std::vector<IndexSlot> &index, std::string_view text) const {
+    const size_t hash = std::hash<std::string_view>{}(text);
+    const uint32_t tag = uint32_t(uint64_t(hash) >> 32);
     const size_t mask = index.size() - 1;
-    for (size_t slot = std::hash<std::string_view>{}(text) & mask;; slot = (slot + 1) & mask) {
-        const int32_t id = index[slot];
-        if (id < 0 || tokens_[id].text == text) return id;
+    for (size_t slot = hash & mask;; slot = (slot + 1) & mask) {
+        const IndexSlot &entry = index[slot];
+        if (entry.id < 0 || (entry.tag == tag && tokens_[entry.id].text == text)) return entry.id;
     }
 }
 

@@ -111,6 +111,8 @@ private:
     void encode_plain(std::string_view text, std::vector<int32_t> &out) const;
     // Appends the BPE tokens of one pre-tokenizer word.
     void encode_word(std::string_view word, std::vector<int32_t> &out) const;
+    // SPM: space_joiners_ from the vocabulary.
+    void load_spm_space_joiners();
     // Appends the SPM tokens of a span holding no special token, spaces already written as U+2581.
     void encode_spm(std::string_view text, std::vector<int32_t> &out) const;
     // The special token (control or unknown only if parse_special, user-defined always) whose text is the
@@ -119,19 +121,26 @@ private:
 
     // Open-addressing hash tables of token ids keyed by token text, looked up with a slice of the text being
     // tokenized (no std::string built per lookup). They hold ids, not pointers, so a copied Tokenizer stays
-    // valid. On duplicate texts the first id wins.
-    static std::vector<int32_t> index_build(const std::vector<Token> &tokens, const std::vector<int32_t> &ids);
-    int32_t index_find(const std::vector<int32_t> &index, std::string_view text) const;
+    // valid. Each slot keeps 32 bits of its text's hash: a probe reads the token's text only when they match,
+    // so a miss (most SPM lookups) touches the table alone. On duplicate texts the first id wins.
+    struct IndexSlot {
+        int32_t id;    // -1: empty
+        uint32_t tag;  // high 32 bits of the text's hash
+    };
+    static std::vector<IndexSlot> index_build(const std::vector<Token> &tokens, const std::vector<int32_t> &ids);
+    int32_t index_find(const std::vector<IndexSlot> &index, std::string_view text) const;
     int32_t find_token(std::string_view text) const { return index_find(token_index_, text); }
     static uint64_t pair_key(int32_t left, int32_t right) {
         return (uint64_t(uint32_t(left)) << 32) | uint32_t(right);
     }
 
     std::vector<Token> tokens_;                   // [n_vocab]
-    std::vector<int32_t> token_index_;            // [power of 2 >= 2 n_vocab] every token, -1 = empty slot
-    std::vector<int32_t> special_index_;          // control, user-defined and unknown tokens only
+    std::vector<IndexSlot> token_index_;          // [power of 2 >= 2 n_vocab] every token
+    std::vector<IndexSlot> special_index_;        // control, user-defined and unknown tokens only
     std::unordered_map<uint64_t, Merge> merges_;  // BPE: pair_key(left, right) -> merge
     size_t max_token_size_ = 0;                   // longest token text: longer pieces need no lookup
+    // SPM: the characters (as char_key in tokenizer_spm.cpp) followed by U+2581 inside some token, sorted.
+    std::vector<uint64_t> space_joiners_;
     // Id of each byte's token (BPE: its one-character byte-level token; SPM: <0xNN>), or -1.
     int32_t byte_tokens_[256];
     // Distinct lengths of the special tokens' texts by their first byte, longest first: a text position is

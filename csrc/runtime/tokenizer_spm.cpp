@@ -4,7 +4,7 @@
 // leftmost pair among equal scores, until no adjacent pair forms a token. A final symbol that is not a token
 // (a character the vocabulary lacks) is spelled with byte tokens <0xNN>.
 // Like llama.cpp, every token is a merge candidate, whatever its type.
-#include <queue>
+#include <algorithm>
 
 #include "runtime/tokenizer.h"
 
@@ -40,7 +40,29 @@ struct SpmBigramWorse {
     }
 };
 
+// A character (at most 4 bytes) as a number: its bytes, and its size above them.
+uint64_t char_key(std::string_view c) {
+    uint64_t key = uint64_t(c.size()) << 32;
+    for (size_t i = 0; i < c.size(); ++i) key |= uint64_t(uint8_t(c[i])) << (8 * i);
+    return key;
+}
+
+constexpr std::string_view SPACE_MARK = "\xE2\x96\x81";  // U+2581, what spaces became
+
 }  // namespace
+
+void Tokenizer::load_spm_space_joiners() {
+    for (const Token &token : tokens_) {
+        std::string_view text = token.text;
+        for (size_t pos = 0, prev = 0; pos < text.size(); prev = pos, pos += utf8_char_size(uint8_t(text[pos]))) {
+            if (pos > 0 && text.compare(pos, SPACE_MARK.size(), SPACE_MARK) == 0) {
+                space_joiners_.push_back(char_key(text.substr(prev, pos - prev)));
+            }
+        }
+    }
+    std::sort(space_joiners_.begin(), space_joiners_.end());
+    space_joiners_.erase(std::unique(space_joiners_.begin(), space_joiners_.end()), space_joiners_.end());
+}
 
 void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t> &out) const {
     std::vector<SpmSymbol> symbols;  // [characters of text]
@@ -51,48 +73,65 @@ void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t> &out) con
         symbols.push_back({pos, size, i - 1, i + 1, find_token(text.substr(pos, size))});
         pos += size;
     }
-    if (symbols.empty()) return;
-    symbols.back().next = -1;
+    const auto view = [&](const SpmSymbol &symbol) { return text.substr(symbol.begin, symbol.size); };
 
-    // Each merge queues at most two new pairs, so the queue holds O(n) pairs and the loop is O(n log n).
-    std::vector<SpmBigram> storage;
-    storage.reserve(2 * symbols.size());
-    std::priority_queue<SpmBigram, std::vector<SpmBigram>, SpmBigramWorse> queue(SpmBigramWorse{}, std::move(storage));
+    // Every merged symbol is a token, so no merge crosses a boundary that no token spans. A U+2581 whose left
+    // neighbour is never followed by U+2581 inside a token (space_joiners_) starts such a boundary: the words
+    // between them merge independently, in the same order as in one queue, and their queues stay in cache.
+    // Each merge queues at most two new pairs, so a word of n characters costs O(n log n).
+    std::vector<SpmBigram> queue;  // binary heap, best pair on top
+    const SpmBigramWorse worse;
     const auto push_pair = [&](int32_t left) {
         if (left < 0 || symbols[left].next < 0) return;
         const size_t size = symbols[left].size + symbols[symbols[left].next].size;
         if (size > max_token_size_) return;
         const int32_t id = find_token(text.substr(symbols[left].begin, size));
-        if (id >= 0) queue.push({tokens_[id].score, left, id, uint32_t(size)});
+        if (id < 0) return;
+        queue.push_back({tokens_[id].score, left, id, uint32_t(size)});
+        std::push_heap(queue.begin(), queue.end(), worse);
     };
-    for (int32_t i = 0; i + 1 < int32_t(symbols.size()); ++i) push_pair(i);
-
-    while (!queue.empty()) {
-        const SpmBigram pair = queue.top();
-        queue.pop();
-        SpmSymbol &left = symbols[pair.left];
-        // Symbols only grow, and a merged one has size 0: a pair whose sizes still add up is unchanged.
-        if (left.size == 0 || left.next < 0 || left.size + symbols[left.next].size != pair.size) continue;
-        SpmSymbol &right = symbols[left.next];
-        left.size = pair.size;
-        left.id = pair.id;
-        left.next = right.next;
-        if (right.next >= 0) symbols[right.next].prev = pair.left;
-        right.size = 0;
-        push_pair(left.prev);
-        push_pair(pair.left);
-    }
-
-    for (int32_t i = 0; i >= 0; i = symbols[i].next) {
-        const SpmSymbol &symbol = symbols[i];
-        if (symbol.id >= 0) {
-            out.push_back(symbol.id);
+    const auto encode_word = [&](int32_t begin, int32_t end) {
+        symbols[begin].prev = -1;
+        symbols[end - 1].next = -1;
+        for (int32_t i = begin; i + 1 < end; ++i) push_pair(i);
+        while (!queue.empty()) {
+            std::pop_heap(queue.begin(), queue.end(), worse);
+            const SpmBigram pair = queue.back();
+            queue.pop_back();
+            SpmSymbol &left = symbols[pair.left];
+            // Symbols only grow, and a merged one has size 0: a pair whose sizes still add up is unchanged.
+            if (left.size == 0 || left.next < 0 || left.size + symbols[left.next].size != pair.size) continue;
+            SpmSymbol &right = symbols[left.next];
+            left.size = pair.size;
+            left.id = pair.id;
+            left.next = right.next;
+            if (right.next >= 0) symbols[right.next].prev = pair.left;
+            right.size = 0;
+            push_pair(left.prev);
+            push_pair(pair.left);
+        }
+        for (int32_t i = begin; i >= 0; i = symbols[i].next) {
+            const SpmSymbol &symbol = symbols[i];
+            if (symbol.id >= 0) {
+                out.push_back(symbol.id);
+                continue;
+            }
+            for (const char byte : view(symbol)) {  // no token: spelled in bytes
+                const int32_t byte_id = byte_tokens_[uint8_t(byte)];
+                if (byte_id >= 0) out.push_back(byte_id);
+            }
+        }
+    };
+    const int32_t n = int32_t(symbols.size());
+    int32_t word_begin = 0;
+    for (int32_t i = 1; i <= n; ++i) {
+        if (i < n && !(view(symbols[i]) == SPACE_MARK &&
+                       !std::binary_search(space_joiners_.begin(), space_joiners_.end(),
+                                           char_key(view(symbols[i - 1]))))) {
             continue;
         }
-        for (size_t pos = symbol.begin; pos < symbol.begin + symbol.size; ++pos) {
-            const int32_t byte_id = byte_tokens_[uint8_t(text[pos])];
-            if (byte_id >= 0) out.push_back(byte_id);
-        }
+        encode_word(word_begin, i);
+        word_begin = i;
     }
 }
 

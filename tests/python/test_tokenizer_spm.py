@@ -35,8 +35,10 @@ TOKEN_TYPE_BYTE = 6
 SPACE = "\u2581"
 
 # Strings that reach byte fallback, the texts of byte and control tokens, space runs around Gemma's longest
-# user-defined one (31 spaces), and literal U+2581.
+# user-defined one (31 spaces), literal U+2581, and Gemma's one token with U+2581 inside (">▁</": no word
+# boundary before that U+2581, see encode_spm).
 EXTRA_STRINGS = [
+    "p> </p", "a > </b", "x>> </", "> </", "<b>> </b>",
     "<0x41>", "x<0x41>y", "<0xFF><0x00>", "<start_of_turn>", "<unused12>", "<eos><bos>", "<pad>x", "<mask",
     " " * 31, " " * 32, "a" + " " * 40 + "b", "\t" * 40, "\n" * 33, SPACE, SPACE * 3 + "x", " " + SPACE + " ",
     "\U0001fae8\U0001fae9", "\u0e01\u0e34\u0e19", "\U00010348", "\ufffd", "\x00\x01\x7f", "\u200d\u200d",
@@ -188,6 +190,8 @@ def test_gemma3_metadata_and_specials(gemma3_path):
     assert 105 not in plain and t.decode(plain) == text
     # User-defined tokens are cut out whatever parse_special says: "\n" and the two-space run.
     assert 107 in plain and 138 in plain
+    # A merge across a space: Gemma's token ">▁</".
+    assert [t.token_text(i) for i in t.encode("p> </p", add_special=False)] == ["p", ">▁</", "p"]
 
 
 def test_gemma3_stream_emits_whole_characters(gemma3_path):
