@@ -415,7 +415,9 @@ void Tokenizer::load_token_bytes(const GGUFFile &file) {
         } else if (model_ == TOKENIZER_MODEL_SPM && token.type == TOKEN_TYPE_BYTE) {
             const std::string &s = token.text;
             const auto hex_digit = [](char c) {
-                return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+                if (c >= '0' && c <= '9') return c - '0';
+                if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+                return (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
             };
             if (s.size() != 6 || s.compare(0, 3, "<0x") != 0 || s[5] != '>' || hex_digit(s[3]) < 0 ||
                 hex_digit(s[4]) < 0) {

@@ -14,10 +14,11 @@
 // are refused with an error naming them, rather than tokenized wrongly.
 //
 // The BPE reference is the Hugging Face tokenizer built from the same vocabulary and merges, the SPM one the
-// sentencepiece library on the same pieces and scores (tests/python/test_tokenizer*.py check ids are
-// identical). Where llama.cpp differs from Hugging Face in BPE corner cases, this follows Hugging Face:
-// special tokens match leftmost-longest (llama.cpp cuts out the longest specials first, wherever they are),
-// and a byte the vocabulary has no token for is dropped before merging (llama.cpp drops it after).
+// sentencepiece library on the same pieces and scores, framed as llama.cpp frames it (tests/python/
+// test_tokenizer*.py check ids are identical). Where llama.cpp differs from Hugging Face in corner cases, this
+// follows Hugging Face: special tokens match leftmost-longest (llama.cpp cuts out the longest specials first,
+// wherever they are), and a byte the vocabulary has no token for is dropped (BPE: llama.cpp drops it after
+// merging; SPM: llama.cpp throws).
 // Like llama.cpp, no Unicode normalization is applied (Qwen2's tokenizer.json asks for NFC).
 #pragma once
 
@@ -104,8 +105,9 @@ private:
     };
 
     void check_id(int32_t id) const;
-    // Decoded bytes of each token, and its id in the index of all tokens or of special ones.
+    // Fills Token::bytes as model_ and the token types say.
     void load_token_bytes(const GGUFFile &file);
+    // Fills special_index_ and special_sizes_by_first_byte_.
     void load_special_index();
     // Appends the BPE tokens of a span holding no special token.
     void encode_plain(std::string_view text, std::vector<int32_t> &out) const;
@@ -127,7 +129,8 @@ private:
         int32_t id;    // -1: empty
         uint32_t tag;  // high 32 bits of the text's hash
     };
-    static std::vector<IndexSlot> index_build(const std::vector<Token> &tokens, const std::vector<int32_t> &ids);
+    static std::vector<IndexSlot> index_build(const std::vector<Token> &tokens,
+                                              const std::vector<int32_t> &ids);
     int32_t index_find(const std::vector<IndexSlot> &index, std::string_view text) const;
     int32_t find_token(std::string_view text) const { return index_find(token_index_, text); }
     static uint64_t pair_key(int32_t left, int32_t right) {
