@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 import re
+import sysconfig
+from pathlib import Path
 
 import pytest
 from flashmtp import _core
@@ -166,6 +169,21 @@ def gemma3_specials(path) -> list[str]:
 def test_gemma3_matches_sentencepiece(gemma3_path):
     check_against_oracle(gemma3_path, varied_strings(gemma3_specials(gemma3_path), 520) + EXTRA_STRINGS,
                          add_space_prefix=False)
+
+
+def test_gemma3_long_texts_match_sentencepiece(gemma3_path):
+    # 300 KB of Python sources (cut into lines by Gemma's user-defined newline tokens) and ~200 KB of words
+    # in one span with no newline: long merge queues, and every word boundary encode_spm cuts at.
+    sources = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    code = "".join(path.read_text(encoding="utf-8") for path in sources[:40])[:300_000]
+    words, rng = code.split(), random.Random(0)
+    one_span = " ".join(rng.choice(words) for _ in range(30000))
+    ours = _core.Tokenizer.from_gguf(str(gemma3_path))
+    for text in (code, one_span):
+        for parse_special in (False, True):
+            expected = oracle_encode(gemma3_path, text, parse_special, add_space_prefix=False)
+            assert ours.encode(text, add_special=False, parse_special=parse_special) == expected
+        assert ours.decode(ours.encode(text, add_special=False)) == text
 
 
 def test_gemma3_vocabulary_with_add_space_prefix(gemma3_path, tmp_path):
