@@ -1,5 +1,6 @@
 """Tokenizer encode speed on about 1 MB of real text, per model, with the sentencepiece library beside the
-SPM vocabulary (same pieces and scores, the oracle of tests/python/test_tokenizer_spm.py) when installed.
+SPM vocabulary when installed: the same pieces and scores (the oracle of tests/python/test_tokenizer_spm.py),
+but without llama.cpp's cutting out of special and user-defined tokens, so its token counts differ on code.
 
     python bench/bench_tokenizer.py --size 1000000 --repeats 5
 
