@@ -5,6 +5,8 @@
 // (a character the vocabulary lacks) is spelled with byte tokens <0xNN>.
 // Like llama.cpp, every token is a merge candidate, whatever its type.
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "runtime/tokenizer.h"
 
@@ -53,11 +55,13 @@ constexpr std::string_view SPACE_MARK = "\xE2\x96\x81";  // U+2581, what spaces 
 
 void Tokenizer::load_spm_space_joiners() {
     for (const Token &token : tokens_) {
-        std::string_view text = token.text;
-        for (size_t pos = 0, prev = 0; pos < text.size(); prev = pos, pos += utf8_char_size(uint8_t(text[pos]))) {
+        const std::string_view text = token.text;
+        size_t prev = 0;  // start of the character before pos
+        for (size_t pos = 0; pos < text.size(); pos += utf8_char_size(uint8_t(text[pos]))) {
             if (pos > 0 && text.compare(pos, SPACE_MARK.size(), SPACE_MARK) == 0) {
                 space_joiners_.push_back(char_key(text.substr(prev, pos - prev)));
             }
+            prev = pos;
         }
     }
     std::sort(space_joiners_.begin(), space_joiners_.end());
@@ -65,6 +69,10 @@ void Tokenizer::load_spm_space_joiners() {
 }
 
 void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t> &out) const {
+    if (text.size() > size_t(INT32_MAX)) {
+        throw std::length_error("tokenize: a span of " + std::to_string(text.size()) +
+                                " bytes without special tokens is over the limit of 2^31 - 1");
+    }
     std::vector<SpmSymbol> symbols;  // [characters of text]
     symbols.reserve(text.size());
     for (size_t pos = 0; pos < text.size();) {
@@ -122,17 +130,20 @@ void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t> &out) con
             }
         }
     };
+    // A word starts at a U+2581 that no token joins to the character on its left.
+    const auto starts_word = [&](int32_t i) {
+        return view(symbols[i]) == SPACE_MARK &&
+               !std::binary_search(space_joiners_.begin(), space_joiners_.end(), char_key(view(symbols[i - 1])));
+    };
     const int32_t n = int32_t(symbols.size());
     int32_t word_begin = 0;
-    for (int32_t i = 1; i <= n; ++i) {
-        if (i < n && !(view(symbols[i]) == SPACE_MARK &&
-                       !std::binary_search(space_joiners_.begin(), space_joiners_.end(),
-                                           char_key(view(symbols[i - 1]))))) {
-            continue;
+    for (int32_t i = 1; i < n; ++i) {
+        if (starts_word(i)) {
+            encode_word(word_begin, i);
+            word_begin = i;
         }
-        encode_word(word_begin, i);
-        word_begin = i;
     }
+    if (n > 0) encode_word(word_begin, n);
 }
 
 }  // namespace flashmtp
