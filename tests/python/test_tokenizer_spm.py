@@ -6,11 +6,12 @@ add_space_prefix is set and it starts the text or follows a special token; space
 pieces merge best score first, leftmost among equal scores; pieces without a token become <0xNN> tokens.
 
 Oracle: the `sentencepiece` library's BPE model, built from the GGUF's pieces, scores and types. llama.cpp's
-merge loop is a port of it (same queue order, same byte fallback). sentencepiece does not know llama.cpp's
-framing, so the test does it in a few lines (cut out the specials leftmost-longest, prepend the space), and
-sentencepiece encodes each span. One difference is bridged in the oracle: llama.cpp merges into any token,
-sentencepiece only into normal ones, so control pieces are handed to it as normal pieces (a control text that
-merges can reach is tokenized as that control token; test_control_token_reachable_by_merges shows it).
+merge loop follows its BPE encoder (same queue order, same byte fallback). sentencepiece does not know
+llama.cpp's framing, so the test does it in a few lines (cut out the specials leftmost-longest, prepend the
+space), and sentencepiece encodes each span. One difference is bridged in the oracle: llama.cpp merges into
+any token, sentencepiece only into normal ones, so control pieces are handed to it as normal pieces (a
+control text that merges can reach is tokenized as that control token; test_control_token_reachable_by_merges
+shows it).
 Ids must be identical (no tolerance), and decode(encode(s)) gives s back.
 
 A second oracle, transformers' GGUF tokenizer for gemma3 (AutoTokenizer with gguf_file), agrees except on two
