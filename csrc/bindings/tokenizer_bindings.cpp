@@ -26,6 +26,7 @@ py::str utf8_to_str(const std::string &s) {
 
 const char *pre_name(TokenizerPre pre) {
     switch (pre) {
+        case TOKENIZER_PRE_DEFAULT: return "default";
         case TOKENIZER_PRE_GPT2: return "gpt2";
         case TOKENIZER_PRE_SMOLLM: return "smollm";
         case TOKENIZER_PRE_QWEN2: return "qwen2";
@@ -41,7 +42,8 @@ void bind_tokenizer(py::module_ &m) {
     m.attr("unicode_version") = unicode_version();
 
     py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "Tokenizer",
-        "Byte-level BPE tokenizer read from a GGUF file's tokenizer.ggml.* metadata")
+        "Byte-level BPE (gpt2) or SentencePiece BPE (llama) tokenizer read from a GGUF file's tokenizer.ggml.* "
+        "metadata")
         .def_static("from_gguf", [](const std::string &path) {
             return std::make_shared<Tokenizer>(Tokenizer::from_gguf(*GGUFFile::open(path)));
         }, py::arg("path"))
@@ -65,7 +67,13 @@ void bind_tokenizer(py::module_ &m) {
         .def_property_readonly("eog_ids", &Tokenizer::eog_ids,
                                "End-of-generation ids (EOS, end-of-turn, FIM separators), sorted")
         .def("is_eog", &Tokenizer::is_eog, py::arg("id"))
+        .def("token_score", &Tokenizer::token_score, py::arg("id"))
         .def_property_readonly("add_bos", &Tokenizer::add_bos)
+        .def_property_readonly("add_eos", &Tokenizer::add_eos)
+        .def_property_readonly("add_space_prefix", &Tokenizer::add_space_prefix)
+        .def_property_readonly("model", [](const Tokenizer &t) {
+            return t.model() == TOKENIZER_MODEL_SPM ? "llama" : "gpt2";
+        }, "tokenizer.ggml.model: \"gpt2\" or \"llama\"")
         .def_property_readonly("pre", [](const Tokenizer &t) { return pre_name(t.pre()); });
 
     // Keeps its tokenizer alive: the stream holds a plain pointer to it.

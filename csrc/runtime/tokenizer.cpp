@@ -1,6 +1,8 @@
 #include "runtime/tokenizer.h"
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <queue>
 #include <stdexcept>
 
@@ -201,6 +203,12 @@ size_t match_deepseek3(const DecodedText &d, size_t i, size_t end) {
     return match_space_run(i, j, end);
 }
 
+// [0-9][0-9][0-9]: the end of the match starting at code point i, or i.
+size_t match_three_digits(const DecodedText &d, size_t i, size_t end) {
+    const auto digit = [&](size_t p) { return d.cpts[p] >= '0' && d.cpts[p] <= '9'; };
+    return (i + 3 <= end && digit(i) && digit(i + 1) && digit(i + 2)) ? i + 3 : i;
+}
+
 // [一-龥぀-ゟ゠-ヿ]: CJK ideographs U+4E00..U+9FA5, hiragana and katakana U+3040..U+30FF.
 bool cjk_or_kana(uint32_t c) { return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x30FF); }
 
@@ -209,6 +217,37 @@ void split_words(TokenizerPre pre, const DecodedText &d, std::vector<size_t> &en
     const size_t n = d.cpts.size();
     const auto number = [&](size_t i) { return d.number(i); };
     switch (pre) {
+        case TOKENIZER_PRE_DEFAULT: {
+            // llama.cpp's regexes for a BPE vocabulary that names no pre-tokenizer, each applied to the pieces
+            // of the one before: [\p{P}\$\+<=>\^~\|]+, then GPT-2's pattern without its final |\s+ (which
+            // changes nothing: a whitespace character left unmatched is a piece of its own anyway), then
+            // \p{N}+, then [0-9][0-9][0-9]. The punctuation runs of the first step pass the others unchanged.
+            const auto punct = [&](size_t i) {
+                const uint32_t c = d.cpts[i];
+                return d.categories[i] == UNICODE_PUNCTUATION || c == '$' || c == '+' || c == '<' || c == '=' ||
+                       c == '>' || c == '^' || c == '~' || c == '|';
+            };
+            const auto numbers_then_digits = [&](size_t b, size_t e) {
+                // Alternating runs of numbers and of anything else, each split by [0-9]{3}.
+                for (size_t run = b; run < e;) {
+                    size_t run_end = run + 1;
+                    while (run_end < e && d.number(run_end) == d.number(run)) ++run_end;
+                    split_pattern(d, run, run_end, match_three_digits, ends);
+                    run = run_end;
+                }
+            };
+            std::vector<size_t> words;
+            const auto gpt2_words = [&](size_t b, size_t e) {
+                words.clear();
+                split_pattern(d, b, e, match_gpt2, words);
+                for (const size_t w : words) {
+                    numbers_then_digits(b, w);
+                    b = w;
+                }
+            };
+            split_isolating(0, n, punct, SIZE_MAX, gpt2_words, ends);
+            break;
+        }
         case TOKENIZER_PRE_GPT2:
             split_pattern(d, 0, n, match_gpt2, ends);
             break;
@@ -241,14 +280,22 @@ void split_words(TokenizerPre pre, const DecodedText &d, std::vector<size_t> &en
 // ---- loading -------------------------------------------------------------------------------------------------------
 
 Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
-    const std::string &model = file.get_string("tokenizer.ggml.model");
-    if (model != "gpt2") {
-        fail(file, "tokenizer.ggml.model is \"" + model + "\"; only \"gpt2\" (byte-level BPE) is supported");
-    }
     Tokenizer t;
+    const std::string &model = file.get_string("tokenizer.ggml.model");
     const std::string pre = file.has("tokenizer.ggml.pre") ? file.get_string("tokenizer.ggml.pre") : "default";
+    // llama.cpp's defaults where the file says nothing: SentencePiece models add BOS and a prefix space.
     bool default_add_bos = false;
-    if (pre == "gpt2") {
+    if (model == "llama") {
+        t.model_ = TOKENIZER_MODEL_SPM;
+        default_add_bos = true;
+        t.add_space_prefix_ = file.has("tokenizer.ggml.add_space_prefix")
+                                  ? file.get_bool("tokenizer.ggml.add_space_prefix") : true;
+    } else if (model != "gpt2") {
+        fail(file, "tokenizer.ggml.model is \"" + model +
+                       "\"; supported: \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE)");
+    } else if (pre == "default") {
+        t.pre_ = TOKENIZER_PRE_DEFAULT;
+    } else if (pre == "gpt2") {
         t.pre_ = TOKENIZER_PRE_GPT2;
     } else if (pre == "smollm") {
         t.pre_ = TOKENIZER_PRE_SMOLLM;
@@ -263,20 +310,24 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
         default_add_bos = true;
     } else {
         fail(file, "tokenizer.ggml.pre \"" + pre +
-                       "\" is not supported (supported: gpt2, smollm, qwen2, llama-bpe, deepseek-v3)");
+                       "\" is not supported (supported: default, gpt2, smollm, qwen2, llama-bpe, deepseek-v3)");
     }
 
     const std::vector<std::string> &texts = file.get_array("tokenizer.ggml.tokens", GGUF_TYPE_STRING).array_strings();
     if (texts.empty() || texts.size() > size_t(INT32_MAX)) {
         fail(file, "tokenizer.ggml.tokens has " + std::to_string(texts.size()) + " tokens");
     }
-    const GGUFValue *types = file.find("tokenizer.ggml.token_type");
-    if (types && (types->type != GGUF_TYPE_ARRAY || types->array_size != texts.size())) {
-        fail(file, "tokenizer.ggml.token_type must be an array of one type per token (" +
-                       std::to_string(texts.size()) + ")");
-    }
+    const auto per_token_array = [&](const char *key) {
+        const GGUFValue *value = file.find(key);
+        if (value && (value->type != GGUF_TYPE_ARRAY || value->array_size != texts.size())) {
+            fail(file, std::string(key) + " must be an array of one value per token (" +
+                           std::to_string(texts.size()) + ")");
+        }
+        return value;
+    };
+    const GGUFValue *types = per_token_array("tokenizer.ggml.token_type");
+    const GGUFValue *scores = per_token_array("tokenizer.ggml.scores");
     t.tokens_.resize(texts.size());
-    t.ids_.reserve(texts.size());
     for (size_t id = 0; id < texts.size(); ++id) {
         Token &token = t.tokens_[id];
         token.text = texts[id];
@@ -286,60 +337,54 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
                            " is not a token type (0..6)");
         }
         token.type = TokenType(type);
-        if (token.type == TOKEN_TYPE_CONTROL || token.type == TOKEN_TYPE_USER_DEFINED ||
-            token.type == TOKEN_TYPE_UNUSED || token.type == TOKEN_TYPE_UNKNOWN) {
-            token.bytes = token.text;  // stored as plain text, not in the byte-level alphabet
-        } else {
-            for (size_t pos = 0; pos < token.text.size();) {
-                uint32_t cpt;
-                const size_t len = utf8_decode(token.text, pos, cpt);
-                const int byte = byte_level_decode(cpt);
-                if (byte >= 0) {
-                    token.bytes += char(byte);
-                } else {
-                    token.bytes.append(token.text, pos, len);
-                }
-                pos += len;
-            }
+        token.score = scores ? float(scores->array_f64(id, "tokenizer.ggml.scores")) : 0.0f;
+        if (std::isnan(token.score)) {  // would break the ordering of the SPM merge queue
+            fail(file, "tokenizer.ggml.scores[" + std::to_string(id) + "] is NaN");
         }
-        t.ids_.emplace(token.text, int32_t(id));  // on duplicate texts the first id wins
-        if ((token.type == TOKEN_TYPE_CONTROL || token.type == TOKEN_TYPE_USER_DEFINED) && !token.text.empty()) {
-            t.specials_by_first_byte_[uint8_t(token.text[0])].push_back(int32_t(id));
-        }
+        t.max_token_size_ = std::max(t.max_token_size_, token.text.size());
     }
-    for (std::vector<int32_t> &specials : t.specials_by_first_byte_) {
-        std::stable_sort(specials.begin(), specials.end(), [&](int32_t a, int32_t b) {
-            return t.tokens_[a].text.size() > t.tokens_[b].text.size();
-        });
-    }
+    std::vector<int32_t> all_ids(texts.size());
+    for (size_t id = 0; id < texts.size(); ++id) all_ids[id] = int32_t(id);
+    t.token_index_ = index_build(t.tokens_, all_ids);
+    t.load_token_bytes(file);
+    t.load_special_index();
 
-    // Vocabularies may lack the tokens of bytes that never occur in their training text (SmolLM2 has none
-    // for 0x04 or 0xFF): such bytes are dropped when encoding, as the Hugging Face BPE without an unknown
-    // token and llama.cpp do.
-    for (int b = 0; b < 256; ++b) {
-        std::string text;
-        utf8_append(text, byte_level_encode(uint8_t(b)));
-        const auto it = t.ids_.find(text);
-        t.byte_tokens_[b] = it == t.ids_.end() ? -1 : it->second;
-    }
-
-    const std::vector<std::string> &merges = file.get_array("tokenizer.ggml.merges", GGUF_TYPE_STRING).array_strings();
-    t.merges_.reserve(merges.size());
-    for (size_t rank = 0; rank < merges.size(); ++rank) {
-        const std::string &merge = merges[rank];
-        // "left right": byte-level token texts hold no plain space, so the first space after the first
-        // character separates them.
-        const size_t space = merge.find(' ', 1);
-        const auto fail_merge = [&](const char *problem) {
-            fail(file, "tokenizer.ggml.merges[" + std::to_string(rank) + "] \"" + merge + "\" " + problem);
-        };
-        if (space == std::string::npos) fail_merge("is not two tokens separated by a space");
-        const std::string left = merge.substr(0, space), right = merge.substr(space + 1);
-        const auto l = t.ids_.find(left), r = t.ids_.find(right), m = t.ids_.find(left + right);
-        if (l == t.ids_.end() || r == t.ids_.end() || m == t.ids_.end()) {
-            fail_merge("names a token that is not in tokenizer.ggml.tokens");
+    if (t.model_ == TOKENIZER_MODEL_BPE) {
+        // Vocabularies may lack the tokens of bytes that never occur in their training text (SmolLM2 has none
+        // for 0x04 or 0xFF): such bytes are dropped when encoding, as the Hugging Face BPE without an unknown
+        // token and llama.cpp do.
+        for (int b = 0; b < 256; ++b) {
+            std::string text;
+            utf8_append(text, byte_level_encode(uint8_t(b)));
+            t.byte_tokens_[b] = t.find_token(text);
         }
-        t.merges_.emplace(pair_key(l->second, r->second), Merge{int32_t(rank), m->second});  // first rank wins
+        const std::vector<std::string> &merges =
+            file.get_array("tokenizer.ggml.merges", GGUF_TYPE_STRING).array_strings();
+        t.merges_.reserve(merges.size());
+        for (size_t rank = 0; rank < merges.size(); ++rank) {
+            const std::string &merge = merges[rank];
+            // "left right": byte-level token texts hold no plain space, so the first space after the first
+            // character separates them.
+            const size_t space = merge.find(' ', 1);
+            const auto fail_merge = [&](const char *problem) {
+                fail(file, "tokenizer.ggml.merges[" + std::to_string(rank) + "] \"" + merge + "\" " + problem);
+            };
+            if (space == std::string::npos) fail_merge("is not two tokens separated by a space");
+            const std::string_view left(merge.data(), space), right(merge.data() + space + 1, merge.size() - space - 1);
+            const int32_t l = t.find_token(left), r = t.find_token(right), m = t.find_token(std::string(left) += right);
+            if (l < 0 || r < 0 || m < 0) fail_merge("names a token that is not in tokenizer.ggml.tokens");
+            t.merges_.emplace(pair_key(l, r), Merge{int32_t(rank), m});  // first rank wins
+        }
+    } else {
+        // A piece the vocabulary lacks is spelled byte by byte: the <0xNN> token, or (llama.cpp's fallback) the
+        // token whose text is that one byte. A byte with neither is dropped, as in the BPE vocabularies.
+        static const char hex[] = "0123456789ABCDEF";
+        for (int b = 0; b < 256; ++b) {
+            const char name[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+            const int32_t id = t.find_token(std::string_view(name, 6));
+            t.byte_tokens_[b] = id >= 0 ? id : t.find_token(std::string(1, char(b)));
+        }
+        t.load_spm_space_joiners();
     }
 
     const auto optional_id = [&](const char *key) {
@@ -355,7 +400,9 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile &file) {
     t.eos_id_ = optional_id("tokenizer.ggml.eos_token_id");
     t.add_bos_ = file.has("tokenizer.ggml.add_bos_token") ? file.get_bool("tokenizer.ggml.add_bos_token")
                                                           : default_add_bos;
+    t.add_eos_ = file.has("tokenizer.ggml.add_eos_token") && file.get_bool("tokenizer.ggml.add_eos_token");
     if (t.add_bos_ && t.bos_id_ < 0) fail(file, "tokenizer.ggml.add_bos_token is set but no bos_token_id");
+    if (t.add_eos_ && t.eos_id_ < 0) fail(file, "tokenizer.ggml.add_eos_token is set but no eos_token_id");
     t.find_eog_ids(file);
     return t;
 }
@@ -382,8 +429,8 @@ void Tokenizer::find_eog_ids(const GGUFFile &file) {
         {"tokenizer.ggml.fim_sep_token_id", {"<|file_sep|>"}},
     };
     const auto add_text = [&](const char *text) {
-        const auto it = ids_.find(text);
-        if (it != ids_.end()) eog_ids_.push_back(it->second);
+        const int32_t id = find_token(text);
+        if (id >= 0) eog_ids_.push_back(id);
     };
     const auto add_key = [&](const char *key) {
         if (!file.has(key)) return false;
@@ -410,33 +457,147 @@ void Tokenizer::find_eog_ids(const GGUFFile &file) {
 
 bool Tokenizer::is_eog(int32_t id) const { return std::binary_search(eog_ids_.begin(), eog_ids_.end(), id); }
 
+void Tokenizer::load_token_bytes(const GGUFFile &file) {
+    for (size_t id = 0; id < tokens_.size(); ++id) {
+        Token &token = tokens_[id];
+        if (token.type == TOKEN_TYPE_CONTROL || token.type == TOKEN_TYPE_USER_DEFINED ||
+            token.type == TOKEN_TYPE_UNUSED || token.type == TOKEN_TYPE_UNKNOWN) {
+            token.bytes = token.text;  // stored as plain text, not in the byte-level alphabet
+        } else if (model_ == TOKENIZER_MODEL_SPM && token.type == TOKEN_TYPE_BYTE) {
+            const std::string &s = token.text;
+            const auto hex_digit = [](char c) {
+                if (c >= '0' && c <= '9') return c - '0';
+                if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+                return (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+            };
+            if (s.size() != 6 || s.compare(0, 3, "<0x") != 0 || s[5] != '>' || hex_digit(s[3]) < 0 ||
+                hex_digit(s[4]) < 0) {
+                fail(file, "tokenizer.ggml.tokens[" + std::to_string(id) + "] \"" + s +
+                               "\" is a byte token (type 6) but not spelled <0xNN>");
+            }
+            token.bytes = std::string(1, char(hex_digit(s[3]) * 16 + hex_digit(s[4])));
+        } else if (model_ == TOKENIZER_MODEL_SPM) {
+            for (size_t pos = 0; pos < token.text.size();) {  // U+2581 "▁" stands for a space
+                if (token.text.compare(pos, 3, "\xE2\x96\x81") == 0) {
+                    token.bytes += ' ';
+                    pos += 3;
+                } else {
+                    token.bytes += token.text[pos++];
+                }
+            }
+        } else {
+            for (size_t pos = 0; pos < token.text.size();) {
+                uint32_t cpt;
+                const size_t len = utf8_decode(token.text, pos, cpt);
+                const int byte = byte_level_decode(cpt);
+                if (byte >= 0) {
+                    token.bytes += char(byte);
+                } else {
+                    token.bytes.append(token.text, pos, len);
+                }
+                pos += len;
+            }
+        }
+    }
+}
+
+void Tokenizer::load_special_index() {
+    std::vector<int32_t> specials;
+    for (size_t id = 0; id < tokens_.size(); ++id) {
+        const Token &token = tokens_[id];
+        if ((token.type == TOKEN_TYPE_CONTROL || token.type == TOKEN_TYPE_USER_DEFINED ||
+             token.type == TOKEN_TYPE_UNKNOWN) && !token.text.empty()) {
+            specials.push_back(int32_t(id));
+            special_sizes_by_first_byte_[uint8_t(token.text[0])].push_back(uint32_t(token.text.size()));
+        }
+    }
+    special_index_ = index_build(tokens_, specials);
+    for (std::vector<uint32_t> &sizes : special_sizes_by_first_byte_) {
+        std::sort(sizes.begin(), sizes.end(), std::greater<uint32_t>());
+        sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+    }
+}
+
+std::vector<Tokenizer::IndexSlot> Tokenizer::index_build(const std::vector<Token> &tokens,
+                                                         const std::vector<int32_t> &ids) {
+    size_t size = 16;
+    while (size < 2 * ids.size()) size *= 2;  // at most half full: short probe runs
+    std::vector<IndexSlot> index(size, IndexSlot{-1, 0});
+    const size_t mask = size - 1;
+    for (const int32_t id : ids) {
+        const std::string &text = tokens[id].text;
+        const size_t hash = std::hash<std::string_view>{}(text);
+        const uint32_t tag = uint32_t(uint64_t(hash) >> 32);
+        size_t slot = hash & mask;
+        while (index[slot].id >= 0 && !(index[slot].tag == tag && tokens[index[slot].id].text == text)) {
+            slot = (slot + 1) & mask;
+        }
+        if (index[slot].id < 0) index[slot] = {id, tag};
+    }
+    return index;
+}
+
+int32_t Tokenizer::index_find(const std::vector<IndexSlot> &index, std::string_view text) const {
+    const size_t hash = std::hash<std::string_view>{}(text);
+    const uint32_t tag = uint32_t(uint64_t(hash) >> 32);
+    const size_t mask = index.size() - 1;
+    for (size_t slot = hash & mask;; slot = (slot + 1) & mask) {
+        const IndexSlot &entry = index[slot];
+        if (entry.id < 0 || (entry.tag == tag && tokens_[entry.id].text == text)) return entry.id;
+    }
+}
+
 // ---- encoding ------------------------------------------------------------------------------------------------------
+
+int32_t Tokenizer::match_special(std::string_view text, size_t pos, bool parse_special) const {
+    for (const uint32_t size : special_sizes_by_first_byte_[uint8_t(text[pos])]) {
+        if (size > text.size() - pos) continue;
+        const int32_t id = index_find(special_index_, text.substr(pos, size));
+        if (id >= 0 && (parse_special || tokens_[id].type == TOKEN_TYPE_USER_DEFINED)) return id;
+    }
+    return -1;
+}
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
     std::vector<int32_t> out;
     if (add_special && add_bos_) out.push_back(bos_id_);
+    // SPM: a space is prepended to the text at the start and after each special token (llama.cpp's rule).
+    bool after_special = true;
+    const auto encode_span = [&](std::string_view span) {
+        if (span.empty()) return;
+        if (model_ == TOKENIZER_MODEL_BPE) {
+            encode_plain(span, out);
+            return;
+        }
+        std::string escaped;  // spaces written as U+2581 "▁"
+        escaped.reserve(span.size() + span.size() / 4 + 3);
+        if (add_space_prefix_ && after_special) escaped += "\xE2\x96\x81";
+        for (const char c : span) {
+            if (c == ' ') {
+                escaped += "\xE2\x96\x81";
+            } else {
+                escaped += c;
+            }
+        }
+        encode_spm(escaped, out);
+        after_special = false;
+    };
     // Leftmost-longest special-token matches cut the text into plain spans.
     size_t plain_begin = 0;
     for (size_t pos = 0; pos < text.size();) {
-        int32_t found = -1;
-        for (const int32_t id : specials_by_first_byte_[uint8_t(text[pos])]) {
-            const Token &token = tokens_[id];
-            if (token.type == TOKEN_TYPE_CONTROL && !parse_special) continue;
-            if (text.compare(pos, token.text.size(), token.text) == 0) {
-                found = id;
-                break;
-            }
-        }
+        const int32_t found = match_special(text, pos, parse_special);
         if (found < 0) {
             ++pos;
             continue;
         }
-        encode_plain(text.substr(plain_begin, pos - plain_begin), out);
+        encode_span(text.substr(plain_begin, pos - plain_begin));
         out.push_back(found);
+        after_special = true;
         pos += tokens_[found].text.size();
         plain_begin = pos;
     }
-    encode_plain(text.substr(plain_begin), out);
+    encode_span(text.substr(plain_begin));
+    if (add_special && add_eos_) out.push_back(eos_id_);
     return out;
 }
 
@@ -456,9 +617,9 @@ void Tokenizer::encode_word(std::string_view word, std::vector<int32_t> &out) co
     if (ignore_merges_) {
         std::string encoded;
         for (const char ch : word) utf8_append(encoded, byte_level_encode(uint8_t(ch)));
-        const auto it = ids_.find(encoded);
-        if (it != ids_.end()) {
-            out.push_back(it->second);
+        const int32_t id = find_token(encoded);
+        if (id >= 0) {
+            out.push_back(id);
             return;
         }
     }
@@ -536,9 +697,18 @@ TokenType Tokenizer::token_type(int32_t id) const {
     return tokens_[id].type;
 }
 
+float Tokenizer::token_score(int32_t id) const {
+    check_id(id);
+    return tokens_[id].score;
+}
+
 std::string Tokenizer::decode(const std::vector<int32_t> &ids) const {
     std::string out;
     for (const int32_t id : ids) out += token_bytes(id);
+    if (model_ == TOKENIZER_MODEL_SPM && add_space_prefix_ && !ids.empty() && !tokens_[ids[0]].bytes.empty() &&
+        tokens_[ids[0]].bytes[0] == ' ') {
+        out.erase(0, 1);
+    }
     return out;
 }
 

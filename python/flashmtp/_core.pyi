@@ -175,7 +175,7 @@ class Sampler:
         ...
 class Tokenizer:
     """
-    Byte-level BPE tokenizer read from a GGUF file's tokenizer.ggml.* metadata
+    Byte-level BPE (gpt2) or SentencePiece BPE (llama) tokenizer read from a GGUF file's tokenizer.ggml.* metadata
     """
     @staticmethod
     def from_gguf(path: str) -> Tokenizer:
@@ -196,6 +196,8 @@ class Tokenizer:
         ...
     def token_bytes(self, id: typing.SupportsInt | typing.SupportsIndex) -> bytes:
         ...
+    def token_score(self, id: typing.SupportsInt | typing.SupportsIndex) -> float:
+        ...
     def token_text(self, id: typing.SupportsInt | typing.SupportsIndex) -> str:
         """
         The token as stored in the GGUF file
@@ -204,6 +206,12 @@ class Tokenizer:
         ...
     @property
     def add_bos(self) -> bool:
+        ...
+    @property
+    def add_eos(self) -> bool:
+        ...
+    @property
+    def add_space_prefix(self) -> bool:
         ...
     @property
     def bos_id(self) -> int:
@@ -216,6 +224,11 @@ class Tokenizer:
     @property
     def eos_id(self) -> int:
         ...
+    @property
+    def model(self) -> str:
+        """
+        tokenizer.ggml.model: "gpt2" or "llama"
+        """
     @property
     def n_vocab(self) -> int:
         ...

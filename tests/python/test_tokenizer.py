@@ -16,6 +16,7 @@ from flashmtp import _core
 
 tokenizers = pytest.importorskip("tokenizers", reason="the oracle needs `pip install tokenizers`")
 
+TOKEN_TYPE_UNKNOWN = 2
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
 
@@ -23,6 +24,14 @@ GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+# llama.cpp's regexes for tokenizer.ggml.pre "default" (llm_tokenizer_bpe), each splitting the pieces of the
+# one before. No Hugging Face tokenizer.json uses them: the oracle is the same Splits in tokenizers' engine.
+DEFAULT_PATTERNS = (
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+)
 # DeepSeek V3's tokenizer.json: three Splits in sequence.
 DEEPSEEK3_PATTERNS = (
     r"\p{N}{1,3}",
@@ -55,6 +64,10 @@ def oracle_tokenizer(path, parse_special: bool):
     tok = tokenizers.Tokenizer(bpe)
     if pre == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    elif pre == "default":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            *(pre_tokenizers.Split(Regex(p), behavior="isolated", invert=False) for p in DEFAULT_PATTERNS),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     elif pre == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Digits(individual_digits=True),
@@ -72,7 +85,8 @@ def oracle_tokenizer(path, parse_special: bool):
         raise AssertionError(f"no oracle for tokenizer.ggml.pre {pre!r}")
     tok.decoder = decoders.ByteLevel()
     special = [AddedToken(t, special=True, normalized=False)
-               for t, ty in zip(tokens, types, strict=True) if ty == TOKEN_TYPE_CONTROL and t]
+               for t, ty in zip(tokens, types, strict=True)
+               if ty in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN) and t]
     user = [AddedToken(t, special=False, normalized=False)
             for t, ty in zip(tokens, types, strict=True) if ty == TOKEN_TYPE_USER_DEFINED and t]
     if user:
@@ -138,7 +152,7 @@ def check_against_oracle(path, n_strings: int = 520) -> None:
     fields = gguf_tokenizer_fields(path)
     tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
     specials = [t for t, ty in zip(tokens, types, strict=True)
-                if ty in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)]
+                if ty in (TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)]
     strings = varied_strings(specials, n_strings)
     # Bytes the vocabulary has no token for are dropped (by both), so only text without them round-trips.
     dropped = {b for b in range(256) if not ours.encode(bytes([b]), add_special=False)}
@@ -209,11 +223,12 @@ def test_tiny_llama_matches_oracle():
     check_against_oracle(TINY_LLAMA)
 
 
-@pytest.mark.parametrize("pre", ["gpt2", "llama-bpe", "deepseek-v3"])
+@pytest.mark.parametrize("pre", ["default", "gpt2", "llama-bpe", "deepseek-v3"])
 def test_other_pre_tokenizers_on_the_smollm2_vocabulary(smollm2_path, tmp_path, pre):
     # No llama 3 or DeepSeek model is at hand: SmolLM2's 49k-token vocabulary with another tokenizer.ggml.pre
-    # exercises the plain GPT-2 pattern, llama 3's (numbers in runs of up to 3, whole-word tokens unmerged)
-    # and DeepSeek V3's (numbers, then CJK and kana runs, isolated before the main pattern).
+    # exercises llama.cpp's default (punctuation runs, GPT-2's pattern, number runs, then 3 ASCII digits at a
+    # time), the plain GPT-2 pattern, llama 3's (numbers in runs of up to 3, whole-word tokens unmerged) and
+    # DeepSeek V3's (numbers, then CJK and kana runs, isolated before the main pattern).
     path = write_tokenizer_gguf(tmp_path / f"{pre}.gguf", gguf_tokenizer_fields(smollm2_path), pre)
     assert _core.Tokenizer.from_gguf(path).pre == pre
     check_against_oracle(path)

