@@ -13,6 +13,8 @@ namespace flashmtp {
 
 namespace {
 
+constexpr int64_t kPostChunk = 256;  // hc_post's elements per step: n chunks of inputs stay in L1
+
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 
 void check_params(const HcParams &p, const char *what) {
@@ -47,21 +49,30 @@ void check_fn(const WeightMatrix &fn, int64_t n_rows, int64_t n_cols, const char
 }
 
 // normed [n * D] = row / sqrt(mean(row^2) + eps): the unweighted RMS over a token's flattened streams. The
-// sum of squares in double, as rms_norm does (16384 terms at V4-Flash size); the scale is rounded to fp32
-// once and multiplies each element, as transformers' rsqrt(...).to(x.dtype) does.
+// sum of squares in double, as rms_norm does (16384 terms at V4-Flash size), in kLanes interleaved partial sums
+// added up in a fixed order at the end: one chain of dependent adds would cost 16384 add latencies. The scale
+// is rounded to fp32 once and multiplies each element, as transformers' rsqrt(...).to(x.dtype) does.
+constexpr int64_t kLanes = 8;
 void rms_unweighted(const float *row, int64_t n, float eps, float *normed) {
+    double lane[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) lane[l] += double(row[i + l]) * double(row[i + l]);
+    }
+    for (; i < n; ++i) lane[i % kLanes] += double(row[i]) * double(row[i]);
     double sum = 0.0;
-    for (int64_t i = 0; i < n; ++i) sum += double(row[i]) * double(row[i]);
+    for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
     const float scale = float(1.0 / std::sqrt(sum / double(n) + double(eps)));
-    for (int64_t i = 0; i < n; ++i) normed[i] = row[i] * scale;
+    for (i = 0; i < n; ++i) normed[i] = row[i] * scale;
 }
 
-// x [D] = sum_j pre[j] * streams[j] over the token's n streams [n, D].
+// x [D] = sum_j pre[j] * streams[j] over the token's n streams [n, D]; per element the sum runs j = 0 .. n-1.
+// Streams on the outer loop so that the inner one runs over contiguous elements (vectorised).
 void collapse(const float *pre, const float *streams, int n, int64_t d, float *x) {
-    for (int64_t i = 0; i < d; ++i) {
-        float acc = pre[0] * streams[i];
-        for (int j = 1; j < n; ++j) acc += pre[j] * streams[j * d + i];
-        x[i] = acc;
+    for (int64_t i = 0; i < d; ++i) x[i] = pre[0] * streams[i];
+    for (int j = 1; j < n; ++j) {
+        const float *stream = streams + j * d;
+        for (int64_t i = 0; i < d; ++i) x[i] += pre[j] * stream[i];
     }
 }
 
@@ -178,13 +189,22 @@ void hc_post(const HcParams &params, const float *weights, const float *block_ou
         const float *y = block_out + t * d;                                 // [D]
         const float *in = streams + t * n * d;                              // [n, D]
         float *dst = out + t * n * d;                                       // [n, D], may be `in`
-        for (int64_t i = 0; i < d; ++i) {
-            float column[kHcMaxStreams];  // X_j[i] for every j, read before any stream is overwritten
-            for (int j = 0; j < n; ++j) column[j] = in[j * d + i];
+        // In chunks of kPostChunk elements: the chunk of every input stream is copied aside before any output
+        // stream overwrites it (in-place update), and the inner loops run over contiguous elements. Per element
+        // the order is fixed: acc = comb[0, k] X_0, then + comb[j, k] X_j for j = 1 .. n-1, then post_k y + acc.
+        for (int64_t start = 0; start < d; start += kPostChunk) {
+            const int64_t len = std::min(kPostChunk, d - start);
+            float column[kHcMaxStreams][kPostChunk];  // X_j[start .. start + len)
+            for (int j = 0; j < n; ++j) std::copy(in + j * d + start, in + j * d + start + len, column[j]);
             for (int k = 0; k < n; ++k) {
-                float acc = comb[k] * column[0];
-                for (int j = 1; j < n; ++j) acc += comb[j * n + k] * column[j];
-                dst[k * d + i] = post[k] * y[i] + acc;
+                float acc[kPostChunk];
+                for (int64_t i = 0; i < len; ++i) acc[i] = comb[k] * column[0][i];
+                for (int j = 1; j < n; ++j) {
+                    const float c = comb[j * n + k];
+                    for (int64_t i = 0; i < len; ++i) acc[i] += c * column[j][i];
+                }
+                float *out_k = dst + k * d + start;
+                for (int64_t i = 0; i < len; ++i) out_k[i] = post[k] * y[start + i] + acc[i];
             }
         }
     });
