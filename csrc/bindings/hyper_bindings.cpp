@@ -1,11 +1,14 @@
 // Bindings for the DeepSeek-V4 hyper-connection layer (tests and benchmarks): HcMixer (hc_pre / hc_post),
-// HcHead, hc_expand. Each object keeps copies of its weights, its thread pool and its scratch, so repeated calls
-// allocate nothing and time only the layer. Array shapes against the parameters are checked here; the weights
-// against the parameters by the layer's hc_check (std::invalid_argument, raised as ValueError).
+// HcHead, hc_expand. Each object keeps copies of its weights and its scratch, so repeated calls allocate nothing
+// and time only the layer; objects asking for the same thread count share one pool, as the mixers of a model
+// do (86 objects with a pool each would leave 86 workers spinning beside the one at work). Array shapes against
+// the parameters are checked here; the weights against the parameters by the layer's hc_check
+// (std::invalid_argument, raised as ValueError).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -23,6 +26,16 @@ namespace flashmtp {
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+ThreadPool &shared_pool(int n_threads) {
+    static std::mutex mutex;
+    static std::map<int, std::unique_ptr<ThreadPool>> pools;  // by thread count; they live until exit
+    if (n_threads < 1) throw py::value_error("hc: n_threads must be >= 1, got " + std::to_string(n_threads));
+    std::lock_guard<std::mutex> lock(mutex);
+    std::unique_ptr<ThreadPool> &pool = pools[n_threads];
+    if (!pool) pool = std::make_unique<ThreadPool>(n_threads);
+    return *pool;
+}
 
 HcParams make_params(int n_streams, int64_t n_embd, int sinkhorn_iters, float hc_eps, float norm_eps) {
     return {n_streams, n_embd, sinkhorn_iters, hc_eps, norm_eps};
@@ -76,7 +89,7 @@ struct PyHcMixer {
               int n_streams, int64_t n_embd, int sinkhorn_iters, float hc_eps, float norm_eps, int n_threads,
               const std::string &isa)
         : params(make_params(n_streams, n_embd, sinkhorn_iters, hc_eps, norm_eps)),
-          weights(fn_type, fn_raw, base, scale), table(&kernel_table_named(isa)), pool(n_threads) {
+          weights(fn_type, fn_raw, base, scale), table(&kernel_table_named(isa)), pool(shared_pool(n_threads)) {
         mixer = {weights.fn, weights.base.data(), weights.scale.data()};
         hc_check(params, mixer);
         weights.check_sizes(hc_weights_size(n_streams), 3, "HcMixer");
@@ -116,7 +129,7 @@ struct PyHcMixer {
     HcWeights weights;
     HcMixer mixer{};
     const KernelTable *table;
-    ThreadPool pool;
+    ThreadPool &pool;  // shared with other objects of the same thread count: calls on it are serialised
     HcScratch scratch;
     std::mutex mutex;  // Python threads may share one object
 };
@@ -125,7 +138,7 @@ struct PyHcHead {
     PyHcHead(uint32_t fn_type, const py::array &fn_raw, const FloatArray &base, const FloatArray &scale,
              int n_streams, int64_t n_embd, float hc_eps, float norm_eps, int n_threads, const std::string &isa)
         : params(make_params(n_streams, n_embd, 1, hc_eps, norm_eps)),
-          weights(fn_type, fn_raw, base, scale), table(&kernel_table_named(isa)), pool(n_threads) {
+          weights(fn_type, fn_raw, base, scale), table(&kernel_table_named(isa)), pool(shared_pool(n_threads)) {
         head = {weights.fn, weights.base.data(), weights.scale.data()};
         hc_check(params, head);
         weights.check_sizes(n_streams, 1, "HcHead");
@@ -145,7 +158,7 @@ struct PyHcHead {
     HcWeights weights;
     HcHead head{};
     const KernelTable *table;
-    ThreadPool pool;
+    ThreadPool &pool;  // shared with other objects of the same thread count: calls on it are serialised
     HcScratch scratch;
     std::mutex mutex;
 };
@@ -162,7 +175,8 @@ py::array_t<float> hc_expand_py(const FloatArray &embd, int n_streams) {
 
 void bind_hyper(py::module_ &m) {
     py::class_<PyHcMixer>(m, "HcMixer",
-                          "One DeepSeek-V4 hyper-connection mixer (hc_attn_* / hc_ffn_*) with its own thread pool.")
+                          "One DeepSeek-V4 hyper-connection mixer (hc_attn_* / hc_ffn_*); runs on a pool of "
+                          "n_threads shared by all hc objects of that thread count.")
         .def(py::init<uint32_t, const py::array &, const FloatArray &, const FloatArray &, int, int64_t, int, float,
                       float, int, const std::string &>(),
              py::arg("fn_type"), py::arg("fn_raw"), py::arg("base"), py::arg("scale"), py::arg("n_streams"),
@@ -175,7 +189,8 @@ void bind_hyper(py::module_ &m) {
              "x [n_tokens, D]).")
         .def("post", &PyHcMixer::post, py::arg("weights"), py::arg("block_out"), py::arg("streams"),
              "-> new streams [n_tokens, n, D] = post * block_out + comb^T streams.");
-    py::class_<PyHcHead>(m, "HcHead", "DeepSeek-V4 output hyper-head (output_hc_*) with its own thread pool.")
+    py::class_<PyHcHead>(m, "HcHead",
+                         "DeepSeek-V4 output hyper-head (output_hc_*); runs on the shared pool of n_threads.")
         .def(py::init<uint32_t, const py::array &, const FloatArray &, const FloatArray &, int, int64_t, float, float,
                       int, const std::string &>(),
              py::arg("fn_type"), py::arg("fn_raw"), py::arg("base"), py::arg("scale"), py::arg("n_streams"),

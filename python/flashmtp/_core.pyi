@@ -343,7 +343,7 @@ class ChatTemplate:
         ...
 class HcMixer:
     """
-    One DeepSeek-V4 hyper-connection mixer (hc_attn_* / hc_ffn_*) with its own thread pool.
+    One DeepSeek-V4 hyper-connection mixer (hc_attn_* / hc_ffn_*); runs on a pool of n_threads shared by all hc objects of that thread count.
     """
     def __init__(self, fn_type: typing.SupportsInt | typing.SupportsIndex, fn_raw: numpy.ndarray, base: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], scale: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], n_streams: typing.SupportsInt | typing.SupportsIndex, n_embd: typing.SupportsInt | typing.SupportsIndex, sinkhorn_iters: typing.SupportsInt | typing.SupportsIndex, hc_eps: typing.SupportsFloat | typing.SupportsIndex, norm_eps: typing.SupportsFloat | typing.SupportsIndex, n_threads: typing.SupportsInt | typing.SupportsIndex = 1, isa: str = '') -> None:
         """
@@ -359,7 +359,7 @@ class HcMixer:
         """
 class HcHead:
     """
-    DeepSeek-V4 output hyper-head (output_hc_*) with its own thread pool.
+    DeepSeek-V4 output hyper-head (output_hc_*); runs on the shared pool of n_threads.
     """
     def __call__(self, streams: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float32]:
         """
