@@ -10,8 +10,8 @@ values.
 
 Tolerance: |ours - oracle| <= 1e-6 * max|oracle| per output (pre, post, comb, x, streams, h). Both sides
 compute in fp32 but round differently (our RMS sums squares in double; torch's linear, sigmoid, exp and matmul
-are vectorised). Measured worst cases: pre 2.0e-7, post 2.8e-7, comb 2.3e-7 (Sinkhorn's 20 rounds amplify
-nothing: each divides by sums near 1), x 1.8e-7, head 1.3e-7, streams after a layer 2.1e-7. Relative to
+are vectorised). Measured worst cases: pre 1.9e-7, post 2.8e-7, comb 2.7e-7 (Sinkhorn's 20 rounds amplify
+nothing: each divides by sums near 1), x 1.8e-7, head 1.3e-7, streams after a layer 4.8e-7. Relative to
 max|oracle|, not per element: x and h are sums of signed terms, and near-zero elements carry the absolute
 error of the larger terms. Batch invariance is checked bitwise, as DESIGN.md requires.
 
@@ -110,7 +110,7 @@ def assert_close(ours: np.ndarray, oracle: torch.Tensor, what: str) -> float:
     return error
 
 
-@pytest.mark.parametrize("hidden", [64, 256])
+@pytest.mark.parametrize("hidden", [64, 300])
 @pytest.mark.parametrize("fn_type", [F32, F16, BF16])
 def test_mixer_matches_transformers(hidden: int, fn_type: int) -> None:
     gen = torch.Generator().manual_seed(hidden + fn_type)
@@ -127,10 +127,10 @@ def test_mixer_matches_transformers(hidden: int, fn_type: int) -> None:
     assert_close(weights[:, n:2 * n], post[0], "post")
     assert_close(weights[:, 2 * n:].reshape(-1, n, n), comb[0], "comb")
     assert_close(x, collapsed[0], "collapsed x")
-    # doubly stochastic up to Sinkhorn's convergence after 20 rounds (not exact: the oracle is not either)
+    # Sinkhorn ends on a column normalisation: columns sum to s / (s + eps). Rows only approach 1 (20 rounds
+    # leave ~4e-3 when an entry is small), in the oracle as here, so they are not asserted.
     comb_ours = weights[:, 2 * n:].reshape(-1, n, n)
-    assert np.allclose(comb_ours.sum(axis=1), 1.0, atol=1e-3)
-    assert np.allclose(comb_ours.sum(axis=2), 1.0, atol=1e-3)
+    assert np.allclose(comb_ours.sum(axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("fn_type", [F32, F16, BF16])
@@ -173,8 +173,9 @@ def stand_in_block(norm, fn, x: np.ndarray) -> np.ndarray:
 
 def test_decoder_layer_mixing_step() -> None:
     """Both mixers of a block around stand-in attention / MoE, against DeepseekV4DecoderLayer.forward itself
-    (comb consumed transposed: X'_k = post_k y + sum_j comb[j, k] X_j)."""
-    hidden = 128
+    (comb consumed transposed: X'_k = post_k y + sum_j comb[j, k] X_j). D 300: hc_post's 256-element chunks
+    end in a partial one."""
+    hidden = 300
     cfg = config(hidden)
     gen = torch.Generator().manual_seed(11)
     layer = mdv4.DeepseekV4DecoderLayer(cfg, layer_idx=2)
