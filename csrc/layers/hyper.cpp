@@ -33,7 +33,7 @@ void check_params(const HcParams &p, const char *what) {
 
 // fn must be a plain float matrix of the given shape: the projection then reads the normalised streams in
 // fp32 (a quantized fn would quantize its activations too, and fn is small: 1.5 MB F32 at V4-Flash size).
-void check_fn(const WeightMatrix &fn, int64_t n_rows, int64_t n_cols, const char *what) {
+void check_fn(const WeightMatrix &fn, int64_t n_rows, int64_t n_cols, const char *shape, const char *what) {
     if (fn.type != DTYPE_F32 && fn.type != DTYPE_F16 && fn.type != DTYPE_BF16) {
         const DTypeTraits *traits = dtype_traits(fn.type);
         throw std::invalid_argument(std::string(what) + ": fn has type " +
@@ -43,7 +43,7 @@ void check_fn(const WeightMatrix &fn, int64_t n_rows, int64_t n_cols, const char
     if (fn.n_rows != n_rows || fn.n_cols != n_cols) {
         throw std::invalid_argument(std::string(what) + ": fn is [" + std::to_string(fn.n_rows) + ", " +
                                     std::to_string(fn.n_cols) + "], expected [" + std::to_string(n_rows) + ", " +
-                                    std::to_string(n_cols) + "] ([(2 + n) * n or n, n * D])");
+                                    std::to_string(n_cols) + "] (" + shape + ")");
     }
     if (!fn.data) throw std::invalid_argument(std::string(what) + ": fn has no data");
 }
@@ -120,13 +120,14 @@ void check_call(const void *a, const void *b, const void *c, int64_t n_tokens, c
 
 void hc_check(const HcParams &params, const HcMixer &mixer) {
     check_params(params, "hc mixer");
-    check_fn(mixer.fn, hc_weights_size(params.n_streams), params.n_streams * params.n_embd, "hc mixer");
+    check_fn(mixer.fn, hc_weights_size(params.n_streams), params.n_streams * params.n_embd, "[(2 + n) * n, n * D]",
+             "hc mixer");
     if (!mixer.base || !mixer.scale) throw std::invalid_argument("hc mixer: base or scale missing");
 }
 
 void hc_check(const HcParams &params, const HcHead &head) {
     check_params(params, "hc head");
-    check_fn(head.fn, params.n_streams, params.n_streams * params.n_embd, "hc head");
+    check_fn(head.fn, params.n_streams, params.n_streams * params.n_embd, "[n, n * D]", "hc head");
     if (!head.base || !head.scale) throw std::invalid_argument("hc head: base or scale missing");
 }
 
