@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ChatTemplate', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'dtype_info', 'exp_row', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
+__all__: list[str] = ['ChatTemplate', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
 class GGUFError(ValueError):
     pass
 class GGUFTensorBuffer:
@@ -341,6 +341,34 @@ class ChatTemplate:
     @property
     def has_file_template(self) -> bool:
         ...
+class HcMixer:
+    """
+    One DeepSeek-V4 hyper-connection mixer (hc_attn_* / hc_ffn_*); runs on a pool of n_threads shared by all hc objects of that thread count.
+    """
+    def __init__(self, fn_type: typing.SupportsInt | typing.SupportsIndex, fn_raw: numpy.ndarray, base: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], scale: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], n_streams: typing.SupportsInt | typing.SupportsIndex, n_embd: typing.SupportsInt | typing.SupportsIndex, sinkhorn_iters: typing.SupportsInt | typing.SupportsIndex, hc_eps: typing.SupportsFloat | typing.SupportsIndex, norm_eps: typing.SupportsFloat | typing.SupportsIndex, n_threads: typing.SupportsInt | typing.SupportsIndex = 1, isa: str = '') -> None:
+        """
+        fn_raw: uint8 [(2 + n) * n, n * D * element bytes] of fn_type (f32, f16 or bf16); base float32 [(2 + n) * n]; scale float32 [3].
+        """
+    def post(self, weights: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], block_out: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], streams: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        -> new streams [n_tokens, n, D] = post * block_out + comb^T streams.
+        """
+    def pre(self, streams: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.float32]]:
+        """
+        streams float32 [n_tokens, n, D] -> (weights [n_tokens, (2 + n) * n] = pre | post | comb, x [n_tokens, D]).
+        """
+class HcHead:
+    """
+    DeepSeek-V4 output hyper-head (output_hc_*); runs on the shared pool of n_threads.
+    """
+    def __call__(self, streams: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        streams float32 [n_tokens, n, D] -> h [n_tokens, D].
+        """
+    def __init__(self, fn_type: typing.SupportsInt | typing.SupportsIndex, fn_raw: numpy.ndarray, base: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], scale: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], n_streams: typing.SupportsInt | typing.SupportsIndex, n_embd: typing.SupportsInt | typing.SupportsIndex, hc_eps: typing.SupportsFloat | typing.SupportsIndex, norm_eps: typing.SupportsFloat | typing.SupportsIndex, n_threads: typing.SupportsInt | typing.SupportsIndex = 1, isa: str = '') -> None:
+        """
+        fn_raw: uint8 [n, n * D * element bytes] of fn_type (f32, f16 or bf16); base float32 [n]; scale float32 [1].
+        """
 def chat_prompt_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
     """
     Token ids of a rendered chat prompt as llama.cpp tokenizes it: control tokens parsed, BOS added when the tokenizer asks for it, a BOS the template wrote cut first
@@ -356,6 +384,10 @@ def dtype_info(type: typing.SupportsInt | typing.SupportsIndex) -> dict:
 def exp_row(x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], shift: typing.SupportsFloat | typing.SupportsIndex = 0.0, isa: str = '') -> numpy.typing.NDArray[numpy.float32]:
     """
     exp(x - shift), elementwise (the softmax kernel's exp).
+    """
+def hc_expand(embd: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], n_streams: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+    """
+    embd float32 [n_tokens, D] -> streams [n_tokens, n_streams, D]: n copies of each row.
     """
 def isa() -> str:
     """
