@@ -47,33 +47,29 @@ int64_t series_count(Ds4AttentionKind kind) { return kind == DS4_ATTN_CSA ? 2 : 
 // CSA (c = 2): over 2m slots, window w - 1's tokens on channels [0, dim) then window w's on [dim, 2 dim)
 // (window 0 has no previous slots: they would weigh exp(-inf) = 0). Then RMS_w and RoPE at position w * m.
 void compressor_pool(int64_t w, int64_t m, int64_t c, int64_t dim, const float *norm, float eps, int64_t n_rot,
-                     const float *freqs, Ds4CompressorState &state) {
+                     const float *freqs, Ds4CompressorState &state, float *weights /* [2 m] */) {
     const int64_t ring = c * m, row = c * dim;
-    const bool has_previous = c == 2 && w > 0;
-    std::vector<int64_t> slot_rows, slot_offsets;  // ring row and channel offset of each slot, in slot order
-    if (has_previous) {
-        for (int64_t i = 0; i < m; ++i) slot_rows.push_back(((w - 1) * m + i) % ring), slot_offsets.push_back(0);
-    }
-    for (int64_t i = 0; i < m; ++i) slot_rows.push_back((w * m + i) % ring), slot_offsets.push_back(row - dim);
-    const int64_t n_slots = int64_t(slot_rows.size());
-
+    const int64_t n_previous = c == 2 && w > 0 ? m : 0, n_slots = n_previous + m;
+    // Slot s's offset into the ring for channel 0 of its series: previous window's first series, then this one's
+    // last series.
+    const auto slot_offset = [&](int64_t s) {
+        if (s < n_previous) return (((w - 1) * m + s) % ring) * row;
+        return ((w * m + s - n_previous) % ring) * row + (row - dim);
+    };
     const ExpRowFn exp_row = kernels().exp_row;
-    std::vector<float> weights(size_t(n_slots), 0.0f);
     state.entries.resize(state.entries.size() + size_t(dim));
     float *entry = state.entries.data() + w * dim;  // [dim]
     for (int64_t j = 0; j < dim; ++j) {
         float max_score = -INFINITY;
         for (int64_t s = 0; s < n_slots; ++s) {
-            weights[s] = state.score[slot_rows[s] * row + slot_offsets[s] + j];
+            weights[s] = state.score[slot_offset(s) + j];
             max_score = std::max(max_score, weights[s]);
         }
-        exp_row(n_slots, weights.data(), max_score, weights.data());
+        exp_row(n_slots, weights, max_score, weights);
         float sum = 0.0f;
         for (int64_t s = 0; s < n_slots; ++s) sum += weights[s];
         float pooled = 0.0f;
-        for (int64_t s = 0; s < n_slots; ++s) {
-            pooled += state.kv[slot_rows[s] * row + slot_offsets[s] + j] * (weights[s] / sum);
-        }
+        for (int64_t s = 0; s < n_slots; ++s) pooled += state.kv[slot_offset(s) + j] * (weights[s] / sum);
         entry[j] = pooled;
     }
     rms_norm(entry, norm, 1, dim, eps, entry);
@@ -85,14 +81,17 @@ void compressor_pool(int64_t w, int64_t m, int64_t c, int64_t dim, const float *
 // is pooled into a new entry before the next token overwrites a row that window needs.
 void compressor_update(const Ds4CompressorWeights &weights, int64_t m, int64_t c, int64_t dim, float eps,
                        int64_t n_rot, const float *freqs, const float *kv, const float *gate, int64_t n_past,
-                       int64_t n_tokens, Ds4CompressorState &state) {
+                       int64_t n_tokens, Ds4CompressorState &state, std::vector<float> &pool_weights) {
     const int64_t row = c * dim;
+    if (pool_weights.size() < size_t(2 * m)) pool_weights.resize(size_t(2 * m));
     for (int64_t t = 0; t < n_tokens; ++t) {
         const int64_t position = n_past + t, slot = position % (c * m);
         const float *ape = weights.ape + (position % m) * row;
         std::copy(kv + t * row, kv + (t + 1) * row, state.kv.data() + slot * row);
         for (int64_t j = 0; j < row; ++j) state.score[slot * row + j] = gate[t * row + j] + ape[j];
-        if ((position + 1) % m == 0) compressor_pool(position / m, m, c, dim, weights.norm, eps, n_rot, freqs, state);
+        if ((position + 1) % m == 0) {
+            compressor_pool(position / m, m, c, dim, weights.norm, eps, n_rot, freqs, state, pool_weights.data());
+        }
     }
 }
 
@@ -253,14 +252,14 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
     // ---- compressed entries completed by this batch, before any query reads them
     if (c > 0) {
         compressor_update(w.compressor, m, c, d, s.eps, s.n_rot, rope_freqs, comp_kv, comp_gate, n_past, n_tokens,
-                          state.compressor);
+                          state.compressor, scratch.pool_weights);
     }
 
     // ---- CSA: the lightning indexer picks each query's top-k visible entries
     int64_t *selected = nullptr, *n_selected = nullptr;
     if (s.kind == DS4_ATTN_CSA) {
         compressor_update(w.indexer.compressor, m, 2, di, s.eps, s.n_rot, rope_freqs, index_kv, index_gate, n_past,
-                          n_tokens, state.indexer);
+                          n_tokens, state.indexer, scratch.pool_weights);
         float *index_q = sized(scratch.index_q, n_tokens * n_index_head * di);  // [n_tokens, index_n_head, di]
         matmul(w.indexer.q_b, q_lora, n_tokens, index_q, pool, scratch.matmul);
         if (scratch.selected.size() < size_t(n_tokens * s.index_top_k)) {

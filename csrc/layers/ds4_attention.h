@@ -112,6 +112,7 @@ struct Ds4AttentionScratch {
     std::vector<float> attn_out, lora_out, lora_by_token;
     std::vector<int64_t> selected;      // [n_tokens, index_top_k] CSA entries each query attends to
     std::vector<int64_t> n_selected;    // [n_tokens]
+    std::vector<float> pool_weights;          // [2 m] softmax weights of one compressor channel
     std::vector<float> thread_scores;         // [n_threads, keys or entries of the longest query]
     std::vector<int64_t> thread_candidates;   // [n_threads, entries of the longest query]
 };

@@ -247,3 +247,12 @@ def test_bad_shape_is_refused():
     layer, _ = native(config, attention)
     with pytest.raises(ValueError, match="x must be float32"):
         layer.forward(np.zeros((2, 63), np.float32))
+
+
+def test_bad_weight_is_refused():
+    """A matrix of the wrong size fails at construction with its name and both shapes."""
+    config, attention = make_attention("heavily_compressed_attention")
+    with torch.no_grad():
+        attention.o_a_proj.weight = torch.nn.Parameter(attention.o_a_proj.weight[:-1].clone())
+    with pytest.raises(ValueError, match=r"o_a is \[31, 64\], expected \[32, 64\]"):
+        native(config, attention)
