@@ -16,24 +16,26 @@ constexpr double kPi = 3.14159265358979323846;
 
 // ---- rotary embedding -------------------------------------------------------------------------------------
 
-// Rotates the last n_rot channels of each of n_heads heads of x [n_heads, head_dim] by position * freqs, pairs
-// (2i, 2i+1) of that slice, in float32 as transformers does. `inverse` rotates by -phi (the output's undo).
-void rope_rotate(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *freqs, int64_t position,
-                 bool inverse) {
-    constexpr int64_t kMaxPairs = 256;
-    float cos_phi[kMaxPairs], sin_phi[kMaxPairs];
-    const int64_t n_pairs = n_rot / 2;
-    for (int64_t i = 0; i < n_pairs; ++i) {
+// cos, sin [n_rot / 2] of the angles position * freqs[i], in float32 as transformers computes them.
+void rope_angles(const float *freqs, int64_t n_rot, int64_t position, float *cos, float *sin) {
+    for (int64_t i = 0; i < n_rot / 2; ++i) {
         const float angle = float(position) * freqs[i];
-        cos_phi[i] = std::cos(angle);
-        sin_phi[i] = inverse ? -std::sin(angle) : std::sin(angle);
+        cos[i] = std::cos(angle);
+        sin[i] = std::sin(angle);
     }
+}
+
+// Rotates pairs (2i, 2i+1) of the last n_rot channels of each of n_heads heads of x [n_heads, head_dim] by
+// the angles of cos, sin [n_rot / 2]; `inverse` rotates by minus those angles.
+void rope_rotate(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *cos, const float *sin,
+                 bool inverse) {
+    const float sign = inverse ? -1.0f : 1.0f;
     for (int64_t h = 0; h < n_heads; ++h) {
         float *rot = x + h * head_dim + (head_dim - n_rot);
-        for (int64_t i = 0; i < n_pairs; ++i) {
-            const float a = rot[2 * i], b = rot[2 * i + 1];
-            rot[2 * i] = a * cos_phi[i] - b * sin_phi[i];
-            rot[2 * i + 1] = b * cos_phi[i] + a * sin_phi[i];
+        for (int64_t i = 0; i < n_rot / 2; ++i) {
+            const float a = rot[2 * i], b = rot[2 * i + 1], sin_i = sign * sin[i];
+            rot[2 * i] = a * cos[i] - b * sin_i;
+            rot[2 * i + 1] = b * cos[i] + a * sin_i;
         }
     }
 }
@@ -47,7 +49,7 @@ int64_t series_count(Ds4AttentionKind kind) { return kind == DS4_ATTN_CSA ? 2 : 
 // CSA (c = 2): over 2m slots, window w - 1's tokens on channels [0, dim) then window w's on [dim, 2 dim)
 // (window 0 has no previous slots: they would weigh exp(-inf) = 0). Then RMS_w and RoPE at position w * m.
 void compressor_pool(int64_t w, int64_t m, int64_t c, int64_t dim, const float *norm, float eps, int64_t n_rot,
-                     const float *freqs, Ds4CompressorState &state, float *weights /* [2 m] */) {
+                     const float *freqs, Ds4CompressorState &state, float *weights /* [2 m + n_rot] */) {
     const int64_t ring = c * m, row = c * dim;
     const int64_t n_previous = c == 2 && w > 0 ? m : 0, n_slots = n_previous + m;
     // Slot s's offset into the ring for channel 0 of its series: previous window's first series, then this one's
@@ -73,7 +75,9 @@ void compressor_pool(int64_t w, int64_t m, int64_t c, int64_t dim, const float *
         entry[j] = pooled;
     }
     rms_norm(entry, norm, 1, dim, eps, entry);
-    rope_rotate(entry, 1, dim, n_rot, freqs, w * m, false);
+    float *cos = weights + 2 * m, *sin = cos + n_rot / 2;  // [n_rot / 2] each
+    rope_angles(freqs, n_rot, w * m, cos, sin);
+    rope_rotate(entry, 1, dim, n_rot, cos, sin, false);
 }
 
 // Feeds the batch's projections kv, gate [n_tokens, c * dim] (positions n_past..) into the compressor: each
@@ -83,7 +87,7 @@ void compressor_update(const Ds4CompressorWeights &weights, int64_t m, int64_t c
                        int64_t n_rot, const float *freqs, const float *kv, const float *gate, int64_t n_past,
                        int64_t n_tokens, Ds4CompressorState &state, std::vector<float> &pool_weights) {
     const int64_t row = c * dim;
-    if (pool_weights.size() < size_t(2 * m)) pool_weights.resize(size_t(2 * m));
+    if (pool_weights.size() < size_t(2 * m + n_rot)) pool_weights.resize(size_t(2 * m + n_rot));
     for (int64_t t = 0; t < n_tokens; ++t) {
         const int64_t position = n_past + t, slot = position % (c * m);
         const float *ape = weights.ape + (position % m) * row;
@@ -158,8 +162,8 @@ std::vector<float> ds4_rope_freqs_yarn(int64_t n_rot, double theta, double facto
 void ds4_attention_validate(const Ds4AttentionShape &s, const Ds4AttentionWeights &w) {
     require(s.n_embd > 0 && s.n_head > 0 && s.head_dim > 0 && s.q_lora_rank > 0 && s.o_lora_rank > 0,
             "sizes must be positive");
-    require(s.n_rot > 0 && s.n_rot % 2 == 0 && s.n_rot <= s.head_dim && s.n_rot / 2 <= 256,
-            "n_rot " + std::to_string(s.n_rot) + " must be even, in (0, min(head_dim, 512)]");
+    require(s.n_rot > 0 && s.n_rot % 2 == 0 && s.n_rot <= s.head_dim,
+            "n_rot " + std::to_string(s.n_rot) + " must be even, in (0, head_dim]");
     require(s.window > 0, "window must be positive");
     require(s.o_groups > 0 && s.n_head % s.o_groups == 0,
             "o_groups " + std::to_string(s.o_groups) + " must divide n_head " + std::to_string(s.n_head));
@@ -174,7 +178,9 @@ void ds4_attention_validate(const Ds4AttentionShape &s, const Ds4AttentionWeight
     check_vector(w.q_a_norm, "q_a_norm");
     check_vector(w.kv_norm, "kv_norm");
     check_vector(w.sinks, "sinks");
-    if (s.kind != DS4_ATTN_WINDOW) check_compressor(w.compressor, series_count(s.kind), s.head_dim, s.n_embd, "compressor");
+    if (s.kind != DS4_ATTN_WINDOW) {
+        check_compressor(w.compressor, series_count(s.kind), s.head_dim, s.n_embd, "compressor");
+    }
     if (s.kind == DS4_ATTN_CSA) {
         require(s.index_n_head > 0 && s.index_top_k > 0 && s.index_head_dim >= s.n_rot,
                 "indexer needs positive heads and top_k and index_head_dim >= n_rot");
@@ -200,6 +206,8 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
                            const float *x, int64_t n_tokens, float *out, Ds4AttentionState &state,
                            ThreadPool &pool, Ds4AttentionScratch &scratch) {
     ds4_attention_validate(s, w);
+    require(state.window_kv.size() == size_t(s.window * s.head_dim),
+            "state is not sized for this shape (ds4_attention_state_init)");
     if (n_tokens <= 0) return;
     const int64_t n_past = state.n_past, d = s.head_dim, n_head = s.n_head, m = s.compress_ratio;
     const int64_t c = s.kind == DS4_ATTN_WINDOW ? 0 : series_count(s.kind);
@@ -229,6 +237,14 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
         matmul_shared_input(outputs, 3, x, n_tokens, pool, scratch.matmul);
     }
 
+    // ---- the batch's rotary angles, shared by its queries, keys, indexer queries and the output's undo
+    const int64_t n_pairs = s.n_rot / 2;
+    float *rope_cos = sized(scratch.rope_cos, n_tokens * n_pairs);  // [n_tokens, n_rot / 2]
+    float *rope_sin = sized(scratch.rope_sin, n_tokens * n_pairs);  // [n_tokens, n_rot / 2]
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        rope_angles(rope_freqs, s.n_rot, n_past + t, rope_cos + t * n_pairs, rope_sin + t * n_pairs);
+    }
+
     // ---- queries: q = RoPE(RMS(W_qb RMS_w(W_qa x))) per head, no weight on the per-head norm
     rms_norm(q_lora, w.q_a_norm, n_tokens, s.q_lora_rank, s.eps, q_lora);
     float *q = sized(scratch.q, n_tokens * n_head * d);  // [n_tokens, n_head, head_dim]
@@ -242,12 +258,14 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
             const float scale = 1.0f / std::sqrt(sum / float(d) + s.eps);
             for (int64_t i = 0; i < d; ++i) head[i] *= scale;
         }
-        rope_rotate(q + t * n_head * d, n_head, d, s.n_rot, rope_freqs, n_past + t, false);
+        rope_rotate(q + t * n_head * d, n_head, d, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, false);
     }
 
     // ---- the single kv head: RoPE(RMS_w(W_kv x))
     rms_norm(kv, w.kv_norm, n_tokens, d, s.eps, kv);
-    for (int64_t t = 0; t < n_tokens; ++t) rope_rotate(kv + t * d, 1, d, s.n_rot, rope_freqs, n_past + t, false);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        rope_rotate(kv + t * d, 1, d, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, false);
+    }
 
     // ---- compressed entries completed by this batch, before any query reads them
     if (c > 0) {
@@ -281,7 +299,7 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
         pool.parallel_for(n_tokens, [&](int64_t t, int thread) {
             const int64_t position = n_past + t, n_visible = visible_entries(position, m);
             float *qt = index_q + t * n_index_head * di;
-            rope_rotate(qt, n_index_head, di, s.n_rot, rope_freqs, position, false);
+            rope_rotate(qt, n_index_head, di, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, false);
             float *scores = scratch.thread_scores.data() + thread * max_visible;               // [n_visible]
             int64_t *candidates = scratch.thread_candidates.data() + thread * max_visible;     // [n_visible]
             for (int64_t e = 0; e < n_visible; ++e) {
@@ -356,7 +374,7 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
             for (int64_t i = 0; i < d; ++i) oh[i] += p * v[i];
         }
         // K = V carried the keys' rotation into the output: rotate back by the query's angle
-        rope_rotate(oh, 1, d, s.n_rot, rope_freqs, position, true);
+        rope_rotate(oh, 1, d, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, true);
     });
 
     // ---- the batch's keys into the ring (after the queries read the older rows they replace)

@@ -108,7 +108,8 @@ void ds4_attention_state_init(const Ds4AttentionShape &shape, Ds4AttentionState 
 // Work buffers reused across calls; they grow to the largest batch and context seen. One per caller.
 struct Ds4AttentionScratch {
     MatmulScratch matmul;
-    std::vector<float> q_lora, q, kv, comp_kv, comp_gate, index_kv, index_gate, index_weights, index_q;
+    std::vector<float> rope_cos, rope_sin, q_lora, q, kv, comp_kv, comp_gate;
+    std::vector<float> index_kv, index_gate, index_weights, index_q;
     std::vector<float> attn_out, lora_out, lora_by_token;
     std::vector<int64_t> selected;      // [n_tokens, index_top_k] CSA entries each query attends to
     std::vector<int64_t> n_selected;    // [n_tokens]

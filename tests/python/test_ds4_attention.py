@@ -170,11 +170,26 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def test_rope_freqs_match_transformers():
-    """Both frequency sets, the YaRN one included, as transformers' float32 buffers (within 1 ulp)."""
+def v4_flash_rope_config():
+    """V4-Flash's rotary settings: 64 of 512 channels rotate, compress theta 160000, YaRN x16 over 65536."""
+    from transformers import DeepseekV4Config
+
+    return DeepseekV4Config(
+        hidden_size=64, num_hidden_layers=1, num_attention_heads=4, head_dim=512, partial_rotary_factor=0.125,
+        layer_types=["compressed_sparse_attention"], mlp_layer_types=["moe"], compress_rope_theta=160000.0,
+        rope_parameters={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 65536,
+                         "beta_fast": 32, "beta_slow": 1},
+    )
+
+
+@pytest.mark.parametrize("make", [lambda: make_config("compressed_sparse_attention"), v4_flash_rope_config],
+                         ids=["tiny", "v4-flash"])
+def test_rope_freqs_match_transformers(make):
+    """Both frequency sets, the YaRN one included, as transformers' float32 buffers (within 1 ulp), for the
+    tiny test config and V4-Flash's settings."""
     from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4RotaryEmbedding
 
-    config = make_config("compressed_sparse_attention")
+    config = make()
     rotary = DeepseekV4RotaryEmbedding(config)
     main, compress = config.rope_parameters["main"], config.rope_parameters["compress"]
     n_rot = config.qk_rope_head_dim
