@@ -302,13 +302,18 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
             rope_rotate(qt, n_index_head, di, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, false);
             float *scores = scratch.thread_scores.data() + thread * max_visible;               // [n_visible]
             int64_t *candidates = scratch.thread_candidates.data() + thread * max_visible;     // [n_visible]
+            const float *head_weights = index_weights + t * n_index_head;  // [index_n_head]
             for (int64_t e = 0; e < n_visible; ++e) {
-                // sum_h w_h * ReLU(q_h . k_e) / sqrt(di), heads in order as transformers sums them
+                // sum_h w_h * ReLU(q_h . k_e) / sqrt(di), heads in order as transformers sums them; the key is
+                // the kernel's "weight" row so up to VEC_DOT_MAX_X heads share one pass over it
                 float score = 0.0f;
-                for (int64_t h = 0; h < n_index_head; ++h) {
-                    float qk;
-                    dot(di, keys + e * di, qt + h * di, 0, 1, &qk);
-                    score += std::max(qk, 0.0f) * score_scale * (index_weights[t * n_index_head + h] * weight_scale);
+                for (int64_t h0 = 0; h0 < n_index_head; h0 += VEC_DOT_MAX_X) {
+                    const int n_x = int(std::min<int64_t>(VEC_DOT_MAX_X, n_index_head - h0));
+                    float qk[VEC_DOT_MAX_X];
+                    dot(di, keys + e * di, qt + h0 * di, size_t(di) * sizeof(float), n_x, qk);
+                    for (int i = 0; i < n_x; ++i) {
+                        score += std::max(qk[i], 0.0f) * score_scale * (head_weights[h0 + i] * weight_scale);
+                    }
                 }
                 scores[e] = score;
                 candidates[e] = e;
@@ -326,12 +331,15 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
         });
     }
 
-    // ---- attention: window keys, then the visible (HCA) or selected (CSA) entries, one softmax with the sink
+    // ---- attention: window keys, then the visible (HCA) or selected (CSA) entries, one softmax with the sink.
+    // All heads read the same keys (one kv head), so a task takes a block of up to VEC_DOT_MAX_X heads of one
+    // token and scores each key against all of them in one kernel call.
     const int64_t heads_per_group = n_head / s.o_groups, group_width = heads_per_group * d;
     float *attn_out = sized(scratch.attn_out, n_tokens * n_head * d);  // [o_groups, n_tokens, group_width]
     const int64_t max_keys = s.window + (c > 0 ? visible_entries(n_past + n_tokens - 1, m) : 0);
-    if (scratch.thread_scores.size() < size_t(pool.n_threads() * max_keys)) {
-        scratch.thread_scores.resize(size_t(pool.n_threads() * max_keys));
+    const int64_t scores_stride = VEC_DOT_MAX_X * max_keys;
+    if (scratch.thread_scores.size() < size_t(pool.n_threads() * scores_stride)) {
+        scratch.thread_scores.resize(size_t(pool.n_threads() * scores_stride));
     }
     const float *entries = c > 0 ? state.compressor.entries.data() : nullptr;  // [n_entries, head_dim]
     const float *window_ring = state.window_kv.data();                           // [window, head_dim]
@@ -341,8 +349,10 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
     const VecDotFn dot = kernels().vec_dot[DTYPE_F32];
     const ExpRowFn exp_row = kernels().exp_row;
     const float scale = 1.0f / std::sqrt(float(d));
-    pool.parallel_for(n_tokens * n_head, [&](int64_t task, int thread) {
-        const int64_t t = task / n_head, h = task % n_head, position = n_past + t;
+    const int64_t head_blocks = (n_head + VEC_DOT_MAX_X - 1) / VEC_DOT_MAX_X;
+    pool.parallel_for(n_tokens * head_blocks, [&](int64_t task, int thread) {
+        const int64_t t = task / head_blocks, h0 = (task % head_blocks) * VEC_DOT_MAX_X, position = n_past + t;
+        const int n_heads = int(std::min<int64_t>(VEC_DOT_MAX_X, n_head - h0));
         const int64_t first = std::max<int64_t>(0, position - s.window + 1), n_window = position - first + 1;
         int64_t n_entries = 0;
         const int64_t *entry_ids = nullptr;
@@ -353,28 +363,31 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
             return entries + (entry_ids ? entry_ids[j - n_window] : j - n_window) * d;
         };
         const int64_t n_keys = n_window + n_entries;
-        const float *qh = q + (t * n_head + h) * d;
-        float *scores = scratch.thread_scores.data() + thread * max_keys;  // [n_keys]
-        float max_score = w.sinks[h];
+        float *scores = scratch.thread_scores.data() + thread * scores_stride;  // [n_heads, max_keys]
         for (int64_t j = 0; j < n_keys; ++j) {
-            dot(d, key(j), qh, 0, 1, &scores[j]);
-            scores[j] *= scale;
-            max_score = std::max(max_score, scores[j]);
+            float qk[VEC_DOT_MAX_X];
+            dot(d, key(j), q + (t * n_head + h0) * d, size_t(d) * sizeof(float), n_heads, qk);
+            for (int i = 0; i < n_heads; ++i) scores[i * max_keys + j] = qk[i] * scale;
         }
-        exp_row(n_keys, scores, max_score, scores);
-        float sink;
-        exp_row(1, &w.sinks[h], max_score, &sink);
-        float sum = sink;
-        for (int64_t j = 0; j < n_keys; ++j) sum += scores[j];
-        float *oh = attn_out + ((h / heads_per_group) * n_tokens + t) * group_width + (h % heads_per_group) * d;
-        std::fill(oh, oh + d, 0.0f);
-        for (int64_t j = 0; j < n_keys; ++j) {
-            const float p = scores[j] / sum;
-            const float *v = key(j);
-            for (int64_t i = 0; i < d; ++i) oh[i] += p * v[i];
+        for (int i = 0; i < n_heads; ++i) {
+            const int64_t h = h0 + i;
+            float *p = scores + i * max_keys;  // [n_keys]
+            float max_score = w.sinks[h];
+            for (int64_t j = 0; j < n_keys; ++j) max_score = std::max(max_score, p[j]);
+            exp_row(n_keys, p, max_score, p);
+            float sum;
+            exp_row(1, &w.sinks[h], max_score, &sum);  // the sink only adds to the denominator
+            for (int64_t j = 0; j < n_keys; ++j) sum += p[j];
+            float *oh = attn_out + ((h / heads_per_group) * n_tokens + t) * group_width + (h % heads_per_group) * d;
+            std::fill(oh, oh + d, 0.0f);
+            for (int64_t j = 0; j < n_keys; ++j) {
+                const float weight = p[j] / sum;
+                const float *v = key(j);
+                for (int64_t k = 0; k < d; ++k) oh[k] += weight * v[k];
+            }
+            // K = V carried the keys' rotation into the output: rotate back by the query's angle
+            rope_rotate(oh, 1, d, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, true);
         }
-        // K = V carried the keys' rotation into the output: rotate back by the query's angle
-        rope_rotate(oh, 1, d, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, true);
     });
 
     // ---- the batch's keys into the ring (after the queries read the older rows they replace)

@@ -31,10 +31,10 @@ F32 = 0
 Q8_0 = 8
 
 
-def make_config(layer_type: str):
+def make_config(layer_type: str, **overrides):
     from transformers import DeepseekV4Config
 
-    return DeepseekV4Config(
+    settings = dict(
         vocab_size=32, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, head_dim=32,
         partial_rotary_factor=0.5, q_lora_rank=32, o_groups=2, o_lora_rank=16, layer_types=[layer_type],
         mlp_layer_types=["moe"],
@@ -44,12 +44,14 @@ def make_config(layer_type: str):
                          "beta_fast": 32, "beta_slow": 1},
         attn_implementation="eager",
     )
+    settings.update(overrides)
+    return DeepseekV4Config(**settings)
 
 
-def make_attention(layer_type: str, seed: int = 0):
+def make_attention(layer_type: str, seed: int = 0, **overrides):
     from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4Attention
 
-    config = make_config(layer_type)
+    config = make_config(layer_type, **overrides)
     attention = DeepseekV4Attention(config, 0).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -218,6 +220,18 @@ def test_matches_transformers_prefill_chunked_decode(layer_type):
     np.testing.assert_array_equal(ours["decode"], ours["prefill"])
     if layer_type != "sliding_attention":
         assert layer.n_entries == N_TOKENS // config.compress_rates[layer_type]
+
+
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+def test_heads_past_one_kernel_block(layer_type):
+    """12 heads: a task scores a key against up to 8 heads in one kernel call, so here a token's heads split
+    into a full block and a partial one. Against transformers, and decode bit-identical to chunks."""
+    config, attention = make_attention(layer_type, num_attention_heads=12, o_groups=3)
+    layer, _ = native(config, attention, n_threads=2)
+    x = inputs()
+    chunked = run_native(layer, x.numpy(), CHUNKS)
+    assert_close(chunked, oracle(config, attention, x, CHUNKS))
+    np.testing.assert_array_equal(run_native(layer, x.numpy(), [1] * N_TOKENS), chunked)
 
 
 @pytest.mark.parametrize("layer_type", LAYER_TYPES)
