@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -37,6 +38,29 @@ void rope_rotate(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, con
             rot[2 * i] = a * cos[i] - b * sin_i;
             rot[2 * i + 1] = b * cos[i] + a * sin_i;
         }
+    }
+}
+
+// out [n] = sum_j weights[j] * rows[j][0..n), rows in order. 16 output columns at a time in one vector register
+// (GCC/Clang vector extension) over all rows: a fixed order, the same bits for a query whatever its batch.
+constexpr int64_t kLanes = 16;
+typedef float FloatLanes __attribute__((vector_size(kLanes * sizeof(float))));
+
+void weighted_rows(const float *weights, const float *const *rows, int64_t n_rows, int64_t n, float *out) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+        FloatLanes acc = {};
+        for (int64_t j = 0; j < n_rows; ++j) {
+            FloatLanes v;
+            std::memcpy(&v, rows[j] + i, sizeof v);
+            acc += weights[j] * v;
+        }
+        std::memcpy(out + i, &acc, sizeof acc);
+    }
+    for (; i < n; ++i) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < n_rows; ++j) acc += weights[j] * rows[j][i];
+        out[i] = acc;
     }
 }
 
@@ -336,16 +360,17 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
     // token and scores each key against all of them in one kernel call.
     const int64_t heads_per_group = n_head / s.o_groups, group_width = heads_per_group * d;
     float *attn_out = sized(scratch.attn_out, n_tokens * n_head * d);  // [o_groups, n_tokens, group_width]
-    const int64_t max_keys = s.window + (c > 0 ? visible_entries(n_past + n_tokens - 1, m) : 0);
+    const int64_t max_entries = c > 0 ? visible_entries(n_past + n_tokens - 1, m) : 0;
+    const int64_t max_keys = s.window + (s.kind == DS4_ATTN_CSA ? std::min(s.index_top_k, max_entries) : max_entries);
     const int64_t scores_stride = VEC_DOT_MAX_X * max_keys;
     if (scratch.thread_scores.size() < size_t(pool.n_threads() * scores_stride)) {
         scratch.thread_scores.resize(size_t(pool.n_threads() * scores_stride));
     }
+    if (scratch.thread_keys.size() < size_t(pool.n_threads() * max_keys)) {
+        scratch.thread_keys.resize(size_t(pool.n_threads() * max_keys));
+    }
     const float *entries = c > 0 ? state.compressor.entries.data() : nullptr;  // [n_entries, head_dim]
     const float *window_ring = state.window_kv.data();                           // [window, head_dim]
-    const auto window_key = [&](int64_t position) {  // the batch's own rows, else the ring's
-        return position >= n_past ? kv + (position - n_past) * d : window_ring + (position % s.window) * d;
-    };
     const VecDotFn dot = kernels().vec_dot[DTYPE_F32];
     const ExpRowFn exp_row = kernels().exp_row;
     const float scale = 1.0f / std::sqrt(float(d));
@@ -353,20 +378,25 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
     pool.parallel_for(n_tokens * head_blocks, [&](int64_t task, int thread) {
         const int64_t t = task / head_blocks, h0 = (task % head_blocks) * VEC_DOT_MAX_X, position = n_past + t;
         const int n_heads = int(std::min<int64_t>(VEC_DOT_MAX_X, n_head - h0));
-        const int64_t first = std::max<int64_t>(0, position - s.window + 1), n_window = position - first + 1;
-        int64_t n_entries = 0;
-        const int64_t *entry_ids = nullptr;
-        if (s.kind == DS4_ATTN_HCA) n_entries = visible_entries(position, m);
-        if (s.kind == DS4_ATTN_CSA) n_entries = n_selected[t], entry_ids = selected + t * s.index_top_k;
-        const auto key = [&](int64_t j) {
-            if (j < n_window) return window_key(first + j);
-            return entries + (entry_ids ? entry_ids[j - n_window] : j - n_window) * d;
-        };
-        const int64_t n_keys = n_window + n_entries;
+
+        // the query's keys in softmax order: window positions (the batch's own rows, else the ring's), then
+        // entries, all visible ones (HCA) or the indexer's choice (CSA)
+        const float **keys = scratch.thread_keys.data() + thread * max_keys;  // [n_keys]
+        int64_t n_keys = 0;
+        for (int64_t p = std::max<int64_t>(0, position - s.window + 1); p <= position; ++p) {
+            keys[n_keys++] = p >= n_past ? kv + (p - n_past) * d : window_ring + (p % s.window) * d;
+        }
+        if (s.kind == DS4_ATTN_HCA) {
+            for (int64_t e = 0; e < visible_entries(position, m); ++e) keys[n_keys++] = entries + e * d;
+        }
+        if (s.kind == DS4_ATTN_CSA) {
+            for (int64_t i = 0; i < n_selected[t]; ++i) keys[n_keys++] = entries + selected[t * s.index_top_k + i] * d;
+        }
+
         float *scores = scratch.thread_scores.data() + thread * scores_stride;  // [n_heads, max_keys]
         for (int64_t j = 0; j < n_keys; ++j) {
             float qk[VEC_DOT_MAX_X];
-            dot(d, key(j), q + (t * n_head + h0) * d, size_t(d) * sizeof(float), n_heads, qk);
+            dot(d, keys[j], q + (t * n_head + h0) * d, size_t(d) * sizeof(float), n_heads, qk);
             for (int i = 0; i < n_heads; ++i) scores[i * max_keys + j] = qk[i] * scale;
         }
         for (int i = 0; i < n_heads; ++i) {
@@ -378,13 +408,9 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
             float sum;
             exp_row(1, &w.sinks[h], max_score, &sum);  // the sink only adds to the denominator
             for (int64_t j = 0; j < n_keys; ++j) sum += p[j];
+            for (int64_t j = 0; j < n_keys; ++j) p[j] /= sum;
             float *oh = attn_out + ((h / heads_per_group) * n_tokens + t) * group_width + (h % heads_per_group) * d;
-            std::fill(oh, oh + d, 0.0f);
-            for (int64_t j = 0; j < n_keys; ++j) {
-                const float weight = p[j] / sum;
-                const float *v = key(j);
-                for (int64_t k = 0; k < d; ++k) oh[k] += weight * v[k];
-            }
+            weighted_rows(p, keys, n_keys, d, oh);
             // K = V carried the keys' rotation into the output: rotate back by the query's angle
             rope_rotate(oh, 1, d, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, true);
         }

@@ -116,6 +116,7 @@ struct Ds4AttentionScratch {
     std::vector<float> pool_weights;          // [2 m] softmax weights of one compressor channel
     std::vector<float> thread_scores;         // [n_threads, keys or entries of the longest query]
     std::vector<int64_t> thread_candidates;   // [n_threads, entries of the longest query]
+    std::vector<const float *> thread_keys;   // [n_threads, keys of the longest query]
 };
 
 // out [n_tokens, n_embd] = attention of x [n_tokens, n_embd] (the normed block input) at positions
