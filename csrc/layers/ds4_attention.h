@@ -108,15 +108,17 @@ void ds4_attention_state_init(const Ds4AttentionShape &shape, Ds4AttentionState 
 // Work buffers reused across calls; they grow to the largest batch and context seen. One per caller.
 struct Ds4AttentionScratch {
     MatmulScratch matmul;
+    // per batch (shapes in ds4_attention_forward): rotary angles, projections, the indexer's inputs, the
+    // attention output by group, the low-rank output by group and by token
     std::vector<float> rope_cos, rope_sin, q_lora, q, kv, comp_kv, comp_gate;
     std::vector<float> index_kv, index_gate, index_weights, index_q;
     std::vector<float> attn_out, lora_out, lora_by_token;
-    std::vector<int64_t> selected;      // [n_tokens, index_top_k] CSA entries each query attends to
-    std::vector<int64_t> n_selected;    // [n_tokens]
-    std::vector<float> pool_weights;          // [2 m] softmax weights of one compressor channel
-    std::vector<float> thread_scores;         // [n_threads, keys or entries of the longest query]
-    std::vector<int64_t> thread_candidates;   // [n_threads, entries of the longest query]
-    std::vector<const float *> thread_keys;   // [n_threads, keys of the longest query]
+    std::vector<int64_t> selected;           // [n_tokens, index_top_k] CSA entries each query attends to
+    std::vector<int64_t> n_selected;         // [n_tokens]
+    std::vector<float> pool_weights;         // [2 m + n_rot] one compressor channel's softmax; an entry's angles
+    std::vector<float> thread_scores;        // [n_threads, 8 heads x keys] or [n_threads, entries] (indexer)
+    std::vector<int64_t> thread_candidates;  // [n_threads, entries of the latest query] (indexer)
+    std::vector<const float *> thread_keys;  // [n_threads, keys of the latest query]
 };
 
 // out [n_tokens, n_embd] = attention of x [n_tokens, n_embd] (the normed block input) at positions
