@@ -21,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
     flashmtp::bind_generate(m);
     flashmtp::bind_chat(m);
     flashmtp::bind_hyper(m);
+    flashmtp::bind_ds4_attention(m);
 }

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ChatTemplate', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
+__all__: list[str] = ['ChatTemplate', 'Ds4Attention', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'ds4_rope_freqs', 'ds4_rope_freqs_yarn', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
 class GGUFError(ValueError):
     pass
 class GGUFTensorBuffer:
@@ -369,6 +369,30 @@ class HcHead:
         """
         fn_raw: uint8 [n, n * D * element bytes] of fn_type (f32, f16 or bf16); base float32 [n]; scale float32 [1].
         """
+class Ds4Attention:
+    """
+    One DeepSeek-V4 attention layer with one sequence's state (layers/ds4_attention.h).
+    """
+    def __init__(self, shape: dict, matrices: dict, vectors: dict, rope_freqs: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], n_threads: typing.SupportsInt | typing.SupportsIndex = 1) -> None:
+        """
+        shape: kind ('window' | 'hca' | 'csa'), n_embd, n_head, head_dim, n_rot, q_lora_rank, o_groups, o_lora_rank, window, eps, and compress_ratio, index_n_head, index_head_dim, index_top_k where used; matrices: name -> (type id, uint8 [n_rows, row bytes]) for q_a, q_b, kv, o_a, o_b, compressor.kv, compressor.gate, indexer.kv, indexer.gate, indexer.q_b, indexer.proj; vectors: name -> float32 for q_a_norm, kv_norm, sinks, compressor.ape, compressor.norm, indexer.ape, indexer.norm.
+        """
+    def forward(self, x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        Attention output float32 [n_tokens, n_embd] of the next n_tokens positions of the sequence.
+        """
+    def reset(self) -> None:
+        """
+        Start a new sequence.
+        """
+    @property
+    def n_entries(self) -> int:
+        """
+        Compressed entries so far.
+        """
+    @property
+    def n_past(self) -> int:
+        ...
 def chat_prompt_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
     """
     Token ids of a rendered chat prompt as llama.cpp tokenizes it: control tokens parsed, BOS added when the tokenizer asks for it, a BOS the template wrote cut first
@@ -376,6 +400,14 @@ def chat_prompt_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
 def dequantize(type: typing.SupportsInt | typing.SupportsIndex, raw: numpy.ndarray, n: typing.SupportsInt | typing.SupportsIndex, isa: str = '') -> numpy.typing.NDArray[numpy.float32]:
     """
     Dequantize raw blocks of `type` holding n elements to float32.
+    """
+def ds4_rope_freqs(n_rot: typing.SupportsInt | typing.SupportsIndex, theta: typing.SupportsFloat | typing.SupportsIndex) -> list[float]:
+    """
+    DeepSeek-V4 'main' rotary frequencies [n_rot / 2].
+    """
+def ds4_rope_freqs_yarn(n_rot: typing.SupportsInt | typing.SupportsIndex, theta: typing.SupportsFloat | typing.SupportsIndex, factor: typing.SupportsFloat | typing.SupportsIndex, original_context: typing.SupportsFloat | typing.SupportsIndex, beta_fast: typing.SupportsFloat | typing.SupportsIndex, beta_slow: typing.SupportsFloat | typing.SupportsIndex) -> list[float]:
+    """
+    DeepSeek-V4 'compress' rotary frequencies [n_rot / 2] (YaRN, attention factor 1).
     """
 def dtype_info(type: typing.SupportsInt | typing.SupportsIndex) -> dict:
     """
