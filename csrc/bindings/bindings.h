@@ -19,6 +19,7 @@ void bind_sampler(pybind11::module_ &m);  // sampler_bindings.cpp: Sampler
 void bind_tokenizer(pybind11::module_ &m);  // tokenizer_bindings.cpp: Tokenizer, TokenTextStream
 void bind_generate(pybind11::module_ &m);   // generate_bindings.cpp: Generation, GenerateStats
 void bind_chat(pybind11::module_ &m);       // chat_bindings.cpp: ChatTemplate (the compiled CLI's formatter)
+void bind_moe(pybind11::module_ &m);        // moe_bindings.cpp: moe_route, MoeLayer (DeepSeek-V4 MoE FFN)
 
 // Bytes of a row of n elements of type t. ValueError (naming `what`) unless n is a non-negative multiple of
 // the block size whose row size fits in memory.

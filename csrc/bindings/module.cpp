@@ -20,4 +20,5 @@ PYBIND11_MODULE(_core, m) {
     flashmtp::bind_tokenizer(m);
     flashmtp::bind_generate(m);
     flashmtp::bind_chat(m);
+    flashmtp::bind_moe(m);
 }
