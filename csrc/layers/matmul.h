@@ -49,7 +49,7 @@ struct MatmulOutput {
     const WeightMatrix *w;
     float *y;
 };
-constexpr int kMaxSharedOutputs = 4;
+constexpr int kMaxSharedOutputs = 16;  // a decode step's MoE experts: gate and up of 6 experts, 12
 
 // matmul of one input with several matrices of equal column count (q, k and v; ffn gate and up), bit-identical
 // to separate matmul calls: the input is quantized once per activation format and the rows of all matrices

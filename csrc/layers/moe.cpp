@@ -1,9 +1,10 @@
-// The batch's pass through an MoE layer, in four jobs-worth of steps:
+// The batch's pass through an MoE layer:
 //  1. one matmul job over the router and the shared expert's gate and up (they all read x);
 //  2. routing per token, then the token slots grouped by expert: rows of x copied into expert order;
-//  3. every picked expert's gate and up on its rows (one job each, the pair sharing the quantized input), one
-//     SwiGLU over all rows, every picked expert's down projection; the shared expert's SwiGLU and down;
-//  4. the combine, token by token.
+//  3. every picked expert's gate and up on its rows (the pair sharing the quantized input; a lone token's
+//     experts all in one job), one SwiGLU over all rows, every picked expert's down projection; the shared
+//     expert's SwiGLU and down;
+//  4. the combine, token by token (x is no longer read: out may be x).
 // Scores are computed in double and rounded once: libm's double exp / log1p / sqrt give the same bits whatever
 // the batch, and the rounding error (<= 0.5 ulp) stays far below the float noise of the logits themselves.
 #include "layers/moe.h"
@@ -180,21 +181,41 @@ void moe_forward(const MoeLayer &layer, const float *x, const int32_t *token_ids
         s.row_token[row] = i / k;
         s.row_weight[row] = s.weights[i];
     }
+    // On the calling thread: a copy of k rows per token costs well under 1% of the experts' products, less
+    // than a hand-off at decode.
     s.x_grouped.resize(size_t(n_slots * n_embd));
-    pool.parallel_for(n_slots, [&](int64_t row, int) {
+    for (int64_t row = 0; row < n_slots; ++row) {
         std::memcpy(&s.x_grouped[row * n_embd], x + s.row_token[row] * n_embd, size_t(n_embd) * sizeof(float));
-    });
+    }
 
-    // Each picked expert once, on all its rows: its weights are read once for the batch.
+    // Each picked expert once, on all its rows: its weights are read once for the batch. A lone token's experts
+    // all read x itself, so their gate and up products go out together in shared-input jobs: one hand-off to
+    // the threads for several experts instead of one each (decode: 6 experts, 12 matrices, one job).
     s.gate.resize(size_t(n_slots * n_ff));
     s.up.resize(size_t(n_slots * n_ff));
+    WeightMatrix lone_matrices[kMaxSharedOutputs];
+    MatmulOutput lone_products[kMaxSharedOutputs];
+    int n_lone = 0;
     for (int64_t e = 0; e < n_expert; ++e) {
         const int64_t begin = s.expert_begin[e], n_rows = s.expert_begin[e + 1] - begin;
         if (n_rows == 0) continue;
         const WeightMatrix gate = moe_expert_matrix(layer.gate_exps, e), up = moe_expert_matrix(layer.up_exps, e);
+        if (n_tokens == 1 && n_rows == 1) {
+            lone_matrices[n_lone] = gate;
+            lone_products[n_lone] = {&lone_matrices[n_lone], &s.gate[begin * n_ff]};
+            lone_matrices[n_lone + 1] = up;
+            lone_products[n_lone + 1] = {&lone_matrices[n_lone + 1], &s.up[begin * n_ff]};
+            n_lone += 2;
+            if (n_lone + 2 > kMaxSharedOutputs) {
+                matmul_shared_input(lone_products, n_lone, x, 1, pool, s.matmul);
+                n_lone = 0;
+            }
+            continue;
+        }
         const MatmulOutput products[2] = {{&gate, &s.gate[begin * n_ff]}, {&up, &s.up[begin * n_ff]}};
         matmul_shared_input(products, 2, &s.x_grouped[begin * n_embd], n_rows, pool, s.matmul);
     }
+    if (n_lone > 0) matmul_shared_input(lone_products, n_lone, x, 1, pool, s.matmul);
     swiglu(s.gate.data(), s.up.data(), n_slots * n_ff, pool, layer.swiglu_limit_exp);
     s.y_grouped.resize(size_t(n_slots * n_embd));
     for (int64_t e = 0; e < n_expert; ++e) {
