@@ -58,8 +58,8 @@ def config(hidden: int = 64, ff: int = 32, n_expert: int = 16, k: int = 4) -> De
 
 def make_block(cfg: DeepseekV4Config, layer: int, seed: int) -> ds4.DeepseekV4SparseMoeBlock:
     """The transformers block with seeded random parameters: router rows N(0, 0.5^2) so that scores spread,
-    expert rows N(0, 1 / D) so that outputs stay O(1), a selection bias N(0, 0.1^2) of the scores' scale (it
-    changes some picks), and tid2eid rows of k distinct experts."""
+    expert rows N(0, 1 / D) so that outputs stay O(1), a selection bias N(0, 0.5^2) of the scores' scale (it
+    changes picks: tests check), and tid2eid rows of k distinct experts."""
     block = ds4.DeepseekV4SparseMoeBlock(cfg, layer).float().eval()
     g = torch.Generator().manual_seed(seed)
     n_expert, k = cfg.n_routed_experts, cfg.num_experts_per_tok
@@ -72,7 +72,7 @@ def make_block(cfg: DeepseekV4Config, layer: int, seed: int) -> ds4.DeepseekV4Sp
                 torch.stack([torch.randperm(n_expert, generator=g)[:k] for _ in range(VOCAB)])
             )
         else:
-            block.gate.e_score_correction_bias.copy_(torch.randn(n_expert, generator=g) * 0.1)
+            block.gate.e_score_correction_bias.copy_(torch.randn(n_expert, generator=g) * 0.5)
     return block
 
 
@@ -158,6 +158,16 @@ def relative_rms(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.sqrt(np.mean((out - ref) ** 2) / np.mean(ref**2)))
 
 
+def bias_changes_picks(block: ds4.DeepseekV4SparseMoeBlock, x: np.ndarray) -> bool:
+    """Whether the routed block's selection bias changes some token's experts (else it goes untested)."""
+    logits = x @ block.gate.weight.detach().numpy().T
+    picks = [
+        np.sort(_core.moe_route(logits, block.gate.top_k, selection_bias=bias)[0], axis=1)
+        for bias in (block.gate.e_score_correction_bias.numpy(), None)
+    ]
+    return not np.array_equal(*picks)
+
+
 def module_output(block: ds4.DeepseekV4SparseMoeBlock, x: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return block(torch.from_numpy(x)[None], torch.from_numpy(token_ids.astype(np.int64))[None])[0].numpy()
@@ -212,6 +222,7 @@ def test_route_matches_transformers_routers(layer: int) -> None:
     cfg = config()
     block = make_block(cfg, layer, seed=2)
     x, token_ids = inputs(cfg, 32, seed=3)
+    assert block.is_hash or bias_changes_picks(block, x)
     with torch.no_grad():
         args = (torch.from_numpy(x)[None],) + (
             (torch.from_numpy(token_ids.astype(np.int64))[None],) if block.is_hash else ()
@@ -295,11 +306,38 @@ def test_layer_matches_transformers_f32(layer: int, n_threads: int) -> None:
     block = make_block(cfg, layer, seed=5 + layer)
     # x scaled so that some gate / up values pass the clamp (10): checked below, else the test proves less.
     x, token_ids = inputs(cfg, 24, seed=7, scale=4.0)
-    gate = np.einsum("td,eid->tei", x, layer_weights(block)["gate_exps"])
-    assert (gate > block.experts.limit).any()
+    w = layer_weights(block)
+    gate, up = (np.einsum("td,eid->tei", x, w[name]) for name in ("gate_exps", "up_exps"))
+    assert (gate > block.experts.limit).any() and (np.abs(up) > block.experts.limit).any()
+    if not block.is_hash:
+        assert bias_changes_picks(block, x)
     ref = module_output(block, x, token_ids)
     out = our_layer(block, F32, n_threads).forward(x, token_ids)
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5])
+def test_layer_every_expert_picked(n_tokens: int) -> None:
+    """k = n_expert: every expert runs on every token (a lone token's experts all share one job)."""
+    cfg = config(n_expert=6, k=6)
+    block = make_block(cfg, 1, seed=17)
+    x, token_ids = inputs(cfg, n_tokens, seed=18)
+    ref = module_output(block, x, token_ids)
+    assert np.abs(our_layer(block).forward(x, token_ids) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5])
+def test_layer_repeated_hash_ids(n_tokens: int) -> None:
+    """A tid2eid row may name an expert twice: transformers then runs it twice for the token (both slots
+    weighted), and so do we."""
+    cfg = config(n_expert=8, k=3)
+    block = make_block(cfg, 0, seed=19)
+    pairs = torch.randint(0, 8, (VOCAB, 2), generator=torch.Generator().manual_seed(20))
+    with torch.no_grad():
+        block.gate.tid2eid.copy_(pairs[:, [0, 1, 0]])  # rows [a, b, a]
+    x, token_ids = inputs(cfg, n_tokens, seed=21)
+    ref = module_output(block, x, token_ids)
+    assert np.abs(our_layer(block).forward(x, token_ids) - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("weight_type, hidden, ff", [(Q8_0, 64, 32), (Q4_K, 256, 256)], ids=["q8_0", "q4_k"])
