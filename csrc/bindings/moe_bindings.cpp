@@ -124,8 +124,9 @@ public:
             layer_.router.selection_bias = selection_bias_.data();
         }
         if (tid2eid) {
-            tid2eid_ = *tid2eid;
-            set_tid2eid(layer_.router, tid2eid_);
+            set_tid2eid(layer_.router, *tid2eid);
+            tid2eid_.assign(tid2eid->data(), tid2eid->data() + tid2eid->size());
+            layer_.router.tid2eid = tid2eid_.data();
         }
         layer_.swiglu_limit_exp = swiglu_limit_exp;
         layer_.swiglu_limit_shexp = swiglu_limit_shexp;
@@ -190,7 +191,7 @@ private:
     MoeLayer layer_;
     std::vector<uint64_t> gate_inp_, gate_exps_, up_exps_, down_exps_, gate_shexp_, up_shexp_, down_shexp_;
     std::vector<float> selection_bias_;
-    Int32Array tid2eid_;
+    std::vector<int32_t> tid2eid_;
     ThreadPool pool_;
     MoeScratch scratch_;
     std::mutex mutex_;  // Python threads may share one layer object

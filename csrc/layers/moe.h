@@ -107,9 +107,9 @@ struct MoeScratch {
 };
 
 // out [n_tokens, D] = the layer applied to x [n_tokens, D] (already normed; out may be x); token_ids [n_tokens]
-// feed hash layers (may be nullptr on routed layers). Each expert picked by some token runs once for the batch, on the
-// rows of its tokens, so its weights are read once per call whatever n_tokens is. Throws as moe_route and
-// moe_check_layer do.
+// feed hash layers (may be nullptr on routed layers). Each expert picked by some token runs once for the batch,
+// on the rows of its tokens, so its weights are read once per call whatever n_tokens is. Throws as moe_route
+// and moe_check_layer do.
 void moe_forward(const MoeLayer &layer, const float *x, const int32_t *token_ids, int64_t n_tokens, float *out,
                  ThreadPool &pool, MoeScratch &scratch);
 
