@@ -100,7 +100,9 @@ void moe_check_layer(const MoeLayer &l) {
 void moe_route(const MoeRouter &router, float *logits, const int32_t *token_ids, int64_t n_tokens, int32_t *ids,
                float *weights) {
     check_router(router);
-    if (router.tid2eid && !token_ids) throw std::invalid_argument("moe: a hash layer (tid2eid) needs the token ids");
+    if (router.tid2eid && !token_ids) {
+        throw std::invalid_argument("moe: a hash layer (tid2eid) needs the token ids");
+    }
     const int64_t n_expert = router.n_expert, k = router.n_expert_used;
     for (int64_t t = 0; t < n_tokens; ++t) {
         float *score = logits + t * n_expert;
@@ -116,9 +118,9 @@ void moe_route(const MoeRouter &router, float *logits, const int32_t *token_ids,
             for (int64_t i = 0; i < k; ++i) {
                 const int32_t e = router.tid2eid[int64_t(token) * k + i];
                 if (e < 0 || e >= n_expert) {
-                    throw std::invalid_argument("moe: tid2eid[" + std::to_string(token) + "][" + std::to_string(i) +
-                                                "] = " + std::to_string(e) + " is not an expert id (0.." +
-                                                std::to_string(n_expert - 1) + ")");
+                    throw std::invalid_argument("moe: tid2eid[" + std::to_string(token) + "][" +
+                                                std::to_string(i) + "] = " + std::to_string(e) +
+                                                " is not an expert id (0.." + std::to_string(n_expert - 1) + ")");
                 }
                 token_ids_out[i] = e;
             }
