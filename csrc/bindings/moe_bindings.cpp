@@ -207,9 +207,9 @@ void bind_moe(py::module_ &m) {
           " weights float32 [n_tokens, k]). gating: 2 sigmoid, 4 sqrtsoftplus (llama.cpp's numbering). Routed:"
           " top-k of score + selection_bias, descending, ties to the lower id. Hash: tid2eid int32 [n_vocab, k]"
           " rows of token_ids int32 [n_tokens].");
-    py::class_<PyMoeLayer>(
-        m, "MoeLayer", "One DeepSeek-V4 MoE FFN layer (routed or hash) over copies of its weights, with its own thread"
-                       " pool.")
+    const char *layer_doc =
+        "One DeepSeek-V4 MoE FFN layer (routed or hash) over copies of its weights, with its own thread pool.";
+    py::class_<PyMoeLayer>(m, "MoeLayer", layer_doc)
         .def(py::init<const FloatArray &, uint32_t, const ByteArray &, const ByteArray &, const ByteArray &,
                       const ByteArray &, const ByteArray &, const ByteArray &, int64_t, uint32_t, bool, float,
                       const std::optional<FloatArray> &, const std::optional<Int32Array> &, float, float, int>(),
