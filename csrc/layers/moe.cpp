@@ -1,9 +1,8 @@
 // The batch's pass through an MoE layer:
 //  1. one matmul job over the router and the shared expert's gate and up (they all read x);
 //  2. routing per token, then the token slots grouped by expert: rows of x copied into expert order;
-//  3. every picked expert's gate and up on its rows (the pair sharing the quantized input; a lone token's
-//     experts all in one job), one SwiGLU over all rows, every picked expert's down projection; the shared
-//     expert's SwiGLU and down;
+//  3. every picked expert's gate and up on its rows (the pair sharing the quantized input), in grouped jobs;
+//     the SwiGLUs; every picked expert's down projection and the shared expert's, in grouped jobs;
 //  4. the combine, token by token (x is no longer read: out may be x).
 // Scores are computed in double and rounded once: libm's double exp / log1p / sqrt give the same bits whatever
 // the batch, and the rounding error (<= 0.5 ulp) stays far below the float noise of the logits themselves.
@@ -81,6 +80,34 @@ void check_matrix(const WeightMatrix &w, int64_t n_rows, int64_t n_cols, const c
                                     std::to_string(n_cols) + " (rows x columns)");
     }
 }
+
+// Collects matrix products and runs them kMaxSharedOutputs at a time through matmul_grouped: a job per group
+// of experts instead of one per expert. Holds the views the products point to. An expert's gate and up, added
+// one after the other, always fall in the same group (the group size is even), so they share the quantized x.
+class GroupedMatmul {
+public:
+    GroupedMatmul(ThreadPool &pool, MatmulScratch &scratch) : pool_(pool), scratch_(scratch) {}
+
+    void add(const WeightMatrix &w, const float *x, int64_t n_tokens, float *y) {
+        if (n_ == kMaxSharedOutputs) flush();
+        matrices_[n_] = w;
+        problems_[n_] = {&matrices_[n_], x, n_tokens, y};
+        ++n_;
+    }
+
+    void flush() {
+        if (n_ > 0) matmul_grouped(problems_, n_, pool_, scratch_);
+        n_ = 0;
+    }
+
+private:
+    ThreadPool &pool_;
+    MatmulScratch &scratch_;
+    WeightMatrix matrices_[kMaxSharedOutputs];
+    MatmulProblem problems_[kMaxSharedOutputs];
+    int n_ = 0;
+};
+static_assert(kMaxSharedOutputs % 2 == 0, "an expert's gate and up must fit one group");
 
 }  // namespace
 
@@ -190,45 +217,32 @@ void moe_forward(const MoeLayer &layer, const float *x, const int32_t *token_ids
         std::memcpy(&s.x_grouped[row * n_embd], x + s.row_token[row] * n_embd, size_t(n_embd) * sizeof(float));
     }
 
-    // Each picked expert once, on all its rows: its weights are read once for the batch. A lone token's experts
-    // all read x itself, so their gate and up products go out together in shared-input jobs: one hand-off to
-    // the threads for several experts instead of one each (decode: 6 experts, 12 matrices, one job).
+    // Each picked expert once, on all its rows: its weights are read once for the batch. The products go to the
+    // threads in groups (a decode step: one job for the gate and up of all 6 experts, one for the 6 down
+    // projections and the shared expert's). A lone token's experts all read x itself, quantized once.
+    GroupedMatmul products(pool, s.matmul);
     s.gate.resize(size_t(n_slots * n_ff));
     s.up.resize(size_t(n_slots * n_ff));
-    WeightMatrix lone_matrices[kMaxSharedOutputs];
-    MatmulOutput lone_products[kMaxSharedOutputs];
-    int n_lone = 0;
     for (int64_t e = 0; e < n_expert; ++e) {
         const int64_t begin = s.expert_begin[e], n_rows = s.expert_begin[e + 1] - begin;
         if (n_rows == 0) continue;
-        const WeightMatrix gate = moe_expert_matrix(layer.gate_exps, e), up = moe_expert_matrix(layer.up_exps, e);
-        if (n_tokens == 1 && n_rows == 1) {
-            lone_matrices[n_lone] = gate;
-            lone_products[n_lone] = {&lone_matrices[n_lone], &s.gate[begin * n_ff]};
-            lone_matrices[n_lone + 1] = up;
-            lone_products[n_lone + 1] = {&lone_matrices[n_lone + 1], &s.up[begin * n_ff]};
-            n_lone += 2;
-            if (n_lone + 2 > kMaxSharedOutputs) {
-                matmul_shared_input(lone_products, n_lone, x, 1, pool, s.matmul);
-                n_lone = 0;
-            }
-            continue;
-        }
-        const MatmulOutput products[2] = {{&gate, &s.gate[begin * n_ff]}, {&up, &s.up[begin * n_ff]}};
-        matmul_shared_input(products, 2, &s.x_grouped[begin * n_embd], n_rows, pool, s.matmul);
+        const float *input = n_tokens == 1 && n_rows == 1 ? x : &s.x_grouped[begin * n_embd];
+        products.add(moe_expert_matrix(layer.gate_exps, e), input, n_rows, &s.gate[begin * n_ff]);
+        products.add(moe_expert_matrix(layer.up_exps, e), input, n_rows, &s.up[begin * n_ff]);
     }
-    if (n_lone > 0) matmul_shared_input(lone_products, n_lone, x, 1, pool, s.matmul);
+    products.flush();
     swiglu(s.gate.data(), s.up.data(), n_slots * n_ff, pool, layer.swiglu_limit_exp);
+    swiglu(s.shared_gate.data(), s.shared_up.data(), n_tokens * n_ff_shared, pool, layer.swiglu_limit_shexp);
     s.y_grouped.resize(size_t(n_slots * n_embd));
     for (int64_t e = 0; e < n_expert; ++e) {
         const int64_t begin = s.expert_begin[e], n_rows = s.expert_begin[e + 1] - begin;
         if (n_rows == 0) continue;
-        matmul(moe_expert_matrix(layer.down_exps, e), &s.gate[begin * n_ff], n_rows, &s.y_grouped[begin * n_embd],
-               pool, s.matmul);
+        products.add(moe_expert_matrix(layer.down_exps, e), &s.gate[begin * n_ff], n_rows,
+                     &s.y_grouped[begin * n_embd]);
     }
-    swiglu(s.shared_gate.data(), s.shared_up.data(), n_tokens * n_ff_shared, pool, layer.swiglu_limit_shexp);
     s.shared_out.resize(size_t(n_tokens * n_embd));
-    matmul(layer.down_shexp, s.shared_gate.data(), n_tokens, s.shared_out.data(), pool, s.matmul);
+    products.add(layer.down_shexp, s.shared_gate.data(), n_tokens, s.shared_out.data());
+    products.flush();
 
     // A token's rows in ascending order are its slots in ascending expert id (then slot): the fixed sum order.
     pool.parallel_for(n_tokens, [&](int64_t t, int) {
