@@ -25,6 +25,9 @@ constexpr size_t kChunkBytes = 16 << 10;  // weights per task: half of L1, leavi
 constexpr size_t kStreamChunkBytes = 256 << 10;  // the largest chunk when weights are streamed once (above)
 constexpr int64_t kChunksPerThread = 4;
 constexpr int64_t kTokenBlock = 64;       // tokens per pass over a chunk (see above)
+// Activations quantized on the calling thread up to this many elements (a decode step's few rows: about a
+// microsecond, less than a hand-off to the threads); more are shared out a row per task.
+constexpr int64_t kInlineQuantizeElements = 16384;
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
@@ -142,6 +145,7 @@ void matmul_grouped(const MatmulProblem *problems, int n_problems, ThreadPool &p
     size_t offset[kMaxSharedOutputs], total_bytes = 0;
     int quantizers[kMaxSharedOutputs], n_quantizers = 0;  // the owners
     int64_t first_task[kMaxSharedOutputs], n_quantize_tasks = 0;  // one task per token row of each owner
+    int64_t quantize_elements = 0;
     for (int i = 0; i < n_problems; ++i) {
         const MatmulProblem &p = problems[i];
         owner[i] = i;
@@ -156,18 +160,24 @@ void matmul_grouped(const MatmulProblem *problems, int n_problems, ThreadPool &p
             first_task[n_quantizers] = n_quantize_tasks;
             quantizers[n_quantizers++] = i;
             n_quantize_tasks += p.n_tokens;
+            quantize_elements += p.n_tokens * p.w->n_cols;
         }
     }
     uint8_t *xq_base = scratch.reserve(total_bytes);
     for (int i = 0; i < n_problems; ++i) parts[i].xq = xq_base + offset[owner[i]];
-    pool.parallel_for(n_quantize_tasks, [&](int64_t task, int) {
+    const auto quantize = [&](int64_t task, int) {
         int q = n_quantizers - 1;
         while (task < first_task[q]) --q;
         const int i = quantizers[q];
         const int64_t t = task - first_task[q], n_cols = problems[i].w->n_cols;
         const size_t x_stride = parts[i].plan.activation_stride;
         parts[i].plan.quantize(problems[i].x + t * n_cols, parts[i].xq + size_t(t) * x_stride, n_cols);
-    });
+    };
+    if (quantize_elements <= kInlineQuantizeElements) {
+        for (int64_t task = 0; task < n_quantize_tasks; ++task) quantize(task, 0);
+    } else {
+        pool.parallel_for(n_quantize_tasks, quantize);
+    }
 
     // One job over the chunks of every matrix: one hand-off to the threads instead of one per matrix.
     pool.parallel_for(n_chunks, [&](int64_t chunk, int) {
