@@ -8,7 +8,9 @@ come from memory rather than from the 32 MB L3. Prints the median time per layer
 bandwidth that gives on the weight bytes a decode call reads (router + k experts + shared expert) and the
 time of one plain GEMV over the same expert bytes (the kernels' limit, without the layer's routing, grouping,
 extra hand-offs and float32 router); and the bandwidth of a plain read of those bytes by the same threads
-(_core.read_seconds: the memory roofline). Times include the Python call (a few microseconds).
+(_core.read_seconds: the memory roofline). Times include the Python call (a few microseconds). The GEMV's
+matrices are numpy arrays, which numpy backs with huge pages; the layer's weights are copies in plain 4 KB
+pages (as a memory-mapped GGUF file's are), so the GEMV column is a slightly optimistic bound.
 """
 
 from __future__ import annotations
