@@ -21,6 +21,7 @@ void bind_generate(pybind11::module_ &m);   // generate_bindings.cpp: Generation
 void bind_chat(pybind11::module_ &m);       // chat_bindings.cpp: ChatTemplate (the compiled CLI's formatter)
 void bind_hyper(pybind11::module_ &m);      // hyper_bindings.cpp: DeepSeek-V4 HcMixer, HcHead, hc_expand
 void bind_ds4_attention(pybind11::module_ &m);  // ds4_attention_bindings.cpp: Ds4Attention, rope freqs
+void bind_moe(pybind11::module_ &m);        // moe_bindings.cpp: moe_route, MoeLayer (DeepSeek-V4 MoE FFN)
 
 // Bytes of a row of n elements of type t. ValueError (naming `what`) unless n is a non-negative multiple of
 // the block size whose row size fits in memory.

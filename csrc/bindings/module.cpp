@@ -22,4 +22,5 @@ PYBIND11_MODULE(_core, m) {
     flashmtp::bind_chat(m);
     flashmtp::bind_hyper(m);
     flashmtp::bind_ds4_attention(m);
+    flashmtp::bind_moe(m);
 }

@@ -25,6 +25,9 @@ constexpr size_t kChunkBytes = 16 << 10;  // weights per task: half of L1, leavi
 constexpr size_t kStreamChunkBytes = 256 << 10;  // the largest chunk when weights are streamed once (above)
 constexpr int64_t kChunksPerThread = 4;
 constexpr int64_t kTokenBlock = 64;       // tokens per pass over a chunk (see above)
+// Activations quantized on the calling thread up to this many elements (a decode step's few rows: about a
+// microsecond, less than a hand-off to the threads); more are shared out a row per task.
+constexpr int64_t kInlineQuantizeElements = 16384;
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
@@ -77,8 +80,8 @@ uint8_t *MatmulScratch::reserve(size_t n_bytes) {
 
 void matmul(const WeightMatrix &w, const float *x, int64_t n_tokens, float *y, ThreadPool &pool,
             MatmulScratch &scratch, const KernelTable &table) {
-    const MatmulOutput output{&w, y};
-    matmul_shared_input(&output, 1, x, n_tokens, pool, scratch, table);
+    const MatmulProblem problem{&w, x, n_tokens, y};
+    matmul_grouped(&problem, 1, pool, scratch, table);
 }
 
 void matmul_shared_input(const MatmulOutput *outputs, int n_outputs, const float *x, int64_t n_tokens,
@@ -87,75 +90,104 @@ void matmul_shared_input(const MatmulOutput *outputs, int n_outputs, const float
         throw std::invalid_argument("matmul: " + std::to_string(n_outputs) + " outputs, expected 1 to " +
                                     std::to_string(kMaxSharedOutputs));
     }
+    MatmulProblem problems[kMaxSharedOutputs];
+    for (int i = 0; i < n_outputs; ++i) {
+        if (outputs[i].w->n_cols != outputs[0].w->n_cols) {
+            throw std::invalid_argument("matmul: matrices sharing an input need equal column counts, got " +
+                                        std::to_string(outputs[0].w->n_cols) + " and " +
+                                        std::to_string(outputs[i].w->n_cols));
+        }
+        problems[i] = {outputs[i].w, x, n_tokens, outputs[i].y};
+    }
+    matmul_grouped(problems, n_outputs, pool, scratch, table);
+}
+
+void matmul_grouped(const MatmulProblem *problems, int n_problems, ThreadPool &pool, MatmulScratch &scratch,
+                    const KernelTable &table) {
+    if (n_problems < 1 || n_problems > kMaxSharedOutputs) {
+        throw std::invalid_argument("matmul: " + std::to_string(n_problems) + " products, expected 1 to " +
+                                    std::to_string(kMaxSharedOutputs));
+    }
     struct Part {
         MatmulPlan plan;
         int64_t rows_per_chunk;
-        int64_t first_chunk;      // index of this output's first chunk in the shared job
+        int64_t first_chunk;      // index of this product's first chunk in the shared job
         uint8_t *xq;              // [n_tokens, plan.activation_stride bytes]
     };
     Part parts[kMaxSharedOutputs];
-    const int64_t n_cols = outputs[0].w->n_cols;
     size_t job_bytes = 0;
-    for (int i = 0; i < n_outputs; ++i) {
-        const WeightMatrix &w = *outputs[i].w;
-        parts[i].plan = plan_or_throw(w, n_tokens, table);
-        if (w.n_cols != n_cols) {
-            throw std::invalid_argument("matmul: matrices sharing an input need equal column counts, got " +
-                                        std::to_string(n_cols) + " and " + std::to_string(w.n_cols));
+    bool null = false;
+    for (int i = 0; i < n_problems; ++i) {
+        const MatmulProblem &p = problems[i];
+        parts[i].plan = plan_or_throw(*p.w, p.n_tokens, table);
+        if (p.n_tokens > 0) {
+            job_bytes += size_t(p.w->n_rows) * p.w->row_stride;
+            null |= !p.x || (p.w->n_rows > 0 && (!p.w->data || !p.y));
         }
-        job_bytes += size_t(w.n_rows) * w.row_stride;
     }
-    const size_t chunk_bytes =
-        n_tokens <= kTokenBlock
-            ? std::clamp(job_bytes / size_t(kChunksPerThread * pool.n_threads()), kChunkBytes, kStreamChunkBytes)
-            : kChunkBytes;
-    int64_t n_chunks = 0;
-    for (int i = 0; i < n_outputs; ++i) {
-        const WeightMatrix &w = *outputs[i].w;
-        parts[i].rows_per_chunk = std::max<int64_t>(1, int64_t(chunk_bytes / w.row_stride));
-        parts[i].first_chunk = n_chunks;
-        n_chunks += (w.n_rows + parts[i].rows_per_chunk - 1) / parts[i].rows_per_chunk;
-    }
-    if (n_chunks == 0 || n_tokens == 0) return;
-    bool null = !x;
-    for (int i = 0; i < n_outputs; ++i) null |= outputs[i].w->n_rows > 0 && (!outputs[i].w->data || !outputs[i].y);
+    if (job_bytes == 0) return;
     if (null) throw std::invalid_argument("matmul: null data pointer");
+    // Chunk sizes (top of file): streamed once when the product's tokens fit one block, else L1-sized.
+    const size_t stream_chunk_bytes =
+        std::clamp(job_bytes / size_t(kChunksPerThread * pool.n_threads()), kChunkBytes, kStreamChunkBytes);
+    int64_t n_chunks = 0;
+    for (int i = 0; i < n_problems; ++i) {
+        const MatmulProblem &p = problems[i];
+        const size_t chunk_bytes = p.n_tokens <= kTokenBlock ? stream_chunk_bytes : kChunkBytes;
+        parts[i].rows_per_chunk = std::max<int64_t>(1, int64_t(chunk_bytes / p.w->row_stride));
+        parts[i].first_chunk = n_chunks;
+        if (p.n_tokens > 0) n_chunks += (p.w->n_rows + parts[i].rows_per_chunk - 1) / parts[i].rows_per_chunk;
+    }
 
-    // The input is quantized once per distinct activation format (usually one: q, k and v share it), not
-    // once per matrix. Buffers of the distinct formats lie one after the other in the scratch.
-    int owner[kMaxSharedOutputs];  // the output whose buffer output i reads
+    // Each distinct input is quantized once per activation format (q, k and v share one buffer), not once per
+    // matrix. Buffers of the distinct (input, format) pairs lie one after the other in the scratch.
+    int owner[kMaxSharedOutputs];  // the product whose buffer product i reads
     size_t offset[kMaxSharedOutputs], total_bytes = 0;
-    for (int i = 0; i < n_outputs; ++i) {
+    int quantizers[kMaxSharedOutputs], n_quantizers = 0;  // the owners
+    int64_t first_task[kMaxSharedOutputs], n_quantize_tasks = 0;  // one task per token row of each owner
+    int64_t quantize_elements = 0;
+    for (int i = 0; i < n_problems; ++i) {
+        const MatmulProblem &p = problems[i];
         owner[i] = i;
-        for (int j = 0; j < i; ++j) {
-            if (owner[j] == j && parts[j].plan.quantize == parts[i].plan.quantize) owner[i] = j;
+        for (int j = 0; j < i && owner[i] == i; ++j) {
+            const MatmulProblem &q = problems[j];
+            const bool same_input = q.x == p.x && q.n_tokens == p.n_tokens && q.w->n_cols == p.w->n_cols;
+            if (owner[j] == j && same_input && parts[j].plan.quantize == parts[i].plan.quantize) owner[i] = j;
         }
         if (owner[i] == i) {
             offset[i] = total_bytes;
-            total_bytes += size_t(n_tokens) * parts[i].plan.activation_stride;
+            total_bytes += size_t(p.n_tokens) * parts[i].plan.activation_stride;
+            first_task[n_quantizers] = n_quantize_tasks;
+            quantizers[n_quantizers++] = i;
+            n_quantize_tasks += p.n_tokens;
+            quantize_elements += p.n_tokens * p.w->n_cols;
         }
     }
     uint8_t *xq_base = scratch.reserve(total_bytes);
-    int quantizers[kMaxSharedOutputs], n_quantizers = 0;
-    for (int i = 0; i < n_outputs; ++i) {
-        parts[i].xq = xq_base + offset[owner[i]];
-        if (owner[i] == i) quantizers[n_quantizers++] = i;
+    for (int i = 0; i < n_problems; ++i) parts[i].xq = xq_base + offset[owner[i]];
+    const auto quantize = [&](int64_t task, int) {
+        int q = n_quantizers - 1;
+        while (task < first_task[q]) --q;
+        const int i = quantizers[q];
+        const int64_t t = task - first_task[q], n_cols = problems[i].w->n_cols;
+        const size_t x_stride = parts[i].plan.activation_stride;
+        parts[i].plan.quantize(problems[i].x + t * n_cols, parts[i].xq + size_t(t) * x_stride, n_cols);
+    };
+    if (quantize_elements <= kInlineQuantizeElements) {
+        for (int64_t task = 0; task < n_quantize_tasks; ++task) quantize(task, 0);
+    } else {
+        pool.parallel_for(n_quantize_tasks, quantize);
     }
-    pool.parallel_for(n_tokens * n_quantizers, [&](int64_t task, int) {
-        const Part &part = parts[quantizers[task % n_quantizers]];
-        const int64_t t = task / n_quantizers;
-        const size_t x_stride = part.plan.activation_stride;
-        part.plan.quantize(x + t * n_cols, part.xq + size_t(t) * x_stride, n_cols);
-    });
 
     // One job over the chunks of every matrix: one hand-off to the threads instead of one per matrix.
     pool.parallel_for(n_chunks, [&](int64_t chunk, int) {
-        int i = n_outputs - 1;
-        while (chunk < parts[i].first_chunk) --i;
+        int i = n_problems - 1;
+        while (chunk < parts[i].first_chunk) --i;  // products without chunks share the next one's first
         const Part &part = parts[i];
-        const WeightMatrix &w = *outputs[i].w;
-        float *y = outputs[i].y;
-        const int64_t n_rows = w.n_rows;
+        const MatmulProblem &p = problems[i];
+        const WeightMatrix &w = *p.w;
+        float *y = p.y;
+        const int64_t n_rows = w.n_rows, n_cols = w.n_cols, n_tokens = p.n_tokens;
         const size_t x_stride = part.plan.activation_stride;
         const auto *w_bytes = static_cast<const uint8_t *>(w.data);
         const int64_t r_begin = (chunk - part.first_chunk) * part.rows_per_chunk;

@@ -49,7 +49,7 @@ struct MatmulOutput {
     const WeightMatrix *w;
     float *y;
 };
-constexpr int kMaxSharedOutputs = 4;
+constexpr int kMaxSharedOutputs = 16;  // and the most products of matmul_grouped (MoE decode: 12 gate/up)
 
 // matmul of one input with several matrices of equal column count (q, k and v; ffn gate and up), bit-identical
 // to separate matmul calls: the input is quantized once per activation format and the rows of all matrices
@@ -57,6 +57,22 @@ constexpr int kMaxSharedOutputs = 4;
 // matrix. Throws as matmul does, and on n_outputs outside [1, kMaxSharedOutputs] or unequal column counts.
 void matmul_shared_input(const MatmulOutput *outputs, int n_outputs, const float *x, int64_t n_tokens,
                          ThreadPool &pool, MatmulScratch &scratch, const KernelTable &table = kernels());
+
+// One product of matmul_grouped: y [n_tokens, w->n_rows] = x [n_tokens, w->n_cols] times w transposed.
+struct MatmulProblem {
+    const WeightMatrix *w;
+    const float *x;
+    int64_t n_tokens;
+    float *y;
+};
+
+// Several independent products in one job, bit-identical to separate matmul calls: products that read the
+// same x (same pointer, token and column counts) and activation format share its quantization, and the rows
+// of all matrices are shared out to the threads together (a decode step's MoE experts: 12 gate/up matrices
+// in one hand-off, then 6 down projections of different inputs in another). Throws as matmul does, and on
+// n_problems outside [1, kMaxSharedOutputs].
+void matmul_grouped(const MatmulProblem *problems, int n_problems, ThreadPool &pool, MatmulScratch &scratch,
+                    const KernelTable &table = kernels());
 
 // y [w.n_rows] = w x [w.n_cols]: matmul of a single token.
 void matvec(const WeightMatrix &w, const float *x, float *y, ThreadPool &pool, MatmulScratch &scratch,

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ChatTemplate', 'Ds4Attention', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'ds4_rope_freqs', 'ds4_rope_freqs_yarn', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
+__all__: list[str] = ['ChatTemplate', 'Ds4Attention', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'MoeLayer', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'ds4_rope_freqs', 'ds4_rope_freqs_yarn', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'moe_route', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
 class GGUFError(ValueError):
     pass
 class GGUFTensorBuffer:
@@ -393,6 +393,21 @@ class Ds4Attention:
     @property
     def n_past(self) -> int:
         ...
+class MoeLayer:
+    """
+    One DeepSeek-V4 MoE FFN layer (routed or hash) over copies of its weights, with its own thread pool.
+    """
+    def __init__(self, gate_inp: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], weight_type: typing.SupportsInt | typing.SupportsIndex, gate_exps: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], up_exps: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], down_exps: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], gate_shexp: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], up_shexp: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], down_shexp: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], n_expert_used: typing.SupportsInt | typing.SupportsIndex, gating: typing.SupportsInt | typing.SupportsIndex = 4, weights_norm: bool = True, weights_scale: typing.SupportsFloat | typing.SupportsIndex = 1.0, selection_bias: typing.Annotated[numpy.typing.ArrayLike, numpy.float32] | None = None, tid2eid: typing.Annotated[numpy.typing.ArrayLike, numpy.int32] | None = None, swiglu_limit_exp: typing.SupportsFloat | typing.SupportsIndex = ..., swiglu_limit_shexp: typing.SupportsFloat | typing.SupportsIndex = ..., n_threads: typing.SupportsInt | typing.SupportsIndex = 1) -> None:
+        """
+        gate_inp float32 [n_expert, D]; expert tensors uint8 [n_expert, rows, row bytes] and shared ones uint8 [rows, row bytes], all of weight_type (gate/up: I rows of D, down: D rows of I).
+        """
+    def forward(self, x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], token_ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int32] | None = None) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        x float32 [n_tokens, D] (normed) -> float32 [n_tokens, D]; token_ids int32 [n_tokens] for hash layers.
+        """
+    @property
+    def n_threads(self) -> int:
+        ...
 def chat_prompt_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
     """
     Token ids of a rendered chat prompt as llama.cpp tokenizes it: control tokens parsed, BOS added when the tokenizer asks for it, a BOS the template wrote cut first
@@ -434,6 +449,10 @@ def matmul(type: typing.SupportsInt | typing.SupportsIndex, w_raw: numpy.ndarray
 def matmul_types(isa: str = '') -> list[int]:
     """
     Weight type ids that matmul supports with this ISA's kernels.
+    """
+def moe_route(logits: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], n_expert_used: typing.SupportsInt | typing.SupportsIndex, gating: typing.SupportsInt | typing.SupportsIndex = 4, weights_norm: bool = True, weights_scale: typing.SupportsFloat | typing.SupportsIndex = 1.0, selection_bias: typing.Annotated[numpy.typing.ArrayLike, numpy.float32] | None = None, tid2eid: typing.Annotated[numpy.typing.ArrayLike, numpy.int32] | None = None, token_ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int32] | None = None) -> tuple[numpy.typing.NDArray[numpy.int32], numpy.typing.NDArray[numpy.float32]]:
+    """
+    DeepSeek-V4 MoE routing of router logits float32 [n_tokens, n_expert] -> (ids int32 [n_tokens, k], weights float32 [n_tokens, k]). gating: 2 sigmoid, 4 sqrtsoftplus (llama.cpp's numbering). Routed: top-k of score + selection_bias, descending, ties to the lower id. Hash: tid2eid int32 [n_vocab, k] rows of token_ids int32 [n_tokens].
     """
 def quantize(type: typing.SupportsInt | typing.SupportsIndex, x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], isa: str = '') -> numpy.typing.NDArray[numpy.uint8]:
     """

@@ -8,6 +8,7 @@
 //     leaves a wide margin while catching any wrong block, scale or sign.
 //  3. Batch invariance, bitwise: a token's outputs are identical for batches of 1..64 tokens (one token
 //     takes the GEMV kernel, more take vec_dot), at any position, with 1 and 2 threads.
+// And matmul_grouped, bitwise against separate matmul calls.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -285,6 +286,64 @@ void check_batch_invariance(DType type, const KernelTable &table, std::mt19937 &
               isa_name(table.isa), bad);
 }
 
+// ---- matmul_grouped ---------------------------------------------------------------------------------------
+
+// Independent products in one job: bitwise what separate matmul calls give, whether products share an input
+// (one quantization) or not, with different token counts (1 takes GEMV), empty products among them, on 1 and 2
+// threads; too many products is an error.
+void test_grouped() {
+    std::mt19937 rng(11);
+    struct Spec {
+        DType type;
+        int64_t n_rows, n_cols, n_tokens;
+        int input;  // products with the same input index read the same x
+    };
+    const Spec specs[] = {{DTYPE_Q8_0, 40, 64, 5, 0}, {DTYPE_Q8_0, 24, 64, 5, 0}, {DTYPE_Q4_K, 9, 256, 3, 1},
+                          {DTYPE_F32, 7, 32, 1, 2},   {DTYPE_Q8_0, 0, 64, 5, 0},  {DTYPE_Q4_K, 5, 256, 0, 3}};
+    const size_t n_specs = sizeof specs / sizeof specs[0];
+    const int n = int(n_specs);
+    std::vector<TypedWeights> weights;
+    std::vector<WeightMatrix> matrices;
+    std::vector<std::vector<float>> inputs(4), separate(n_specs);
+    for (const Spec &sp : specs) {
+        weights.push_back(make_weights(sp.type, sp.n_rows, sp.n_cols, rng));
+        if (inputs[size_t(sp.input)].empty()) {
+            inputs[size_t(sp.input)] = random_floats(size_t(std::max<int64_t>(sp.n_tokens, 1) * sp.n_cols), rng);
+        }
+    }
+    for (int i = 0; i < n; ++i) {
+        matrices.push_back({specs[i].type, weights[size_t(i)].raw.data(), specs[i].n_rows, specs[i].n_cols,
+                            weights[size_t(i)].row_bytes});
+    }
+    ThreadPool one(1);
+    MatmulScratch scratch;
+    for (int i = 0; i < n; ++i) {
+        separate[size_t(i)].assign(size_t(specs[i].n_tokens * specs[i].n_rows), 0.0f);
+        matmul(matrices[size_t(i)], inputs[size_t(specs[i].input)].data(), specs[i].n_tokens,
+               separate[size_t(i)].data(), one, scratch);
+    }
+    for (int n_threads : {1, 2}) {
+        ThreadPool pool(n_threads);
+        std::vector<std::vector<float>> grouped(n_specs);
+        std::vector<MatmulProblem> problems;
+        for (int i = 0; i < n; ++i) {
+            grouped[size_t(i)].assign(separate[size_t(i)].size(), NAN);
+            problems.push_back({&matrices[size_t(i)], inputs[size_t(specs[i].input)].data(), specs[i].n_tokens,
+                                grouped[size_t(i)].data()});
+        }
+        matmul_grouped(problems.data(), n, pool, scratch);
+        for (int i = 0; i < n; ++i) {
+            const size_t bytes = separate[size_t(i)].size() * sizeof(float);
+            CHECK_MSG(std::memcmp(grouped[size_t(i)].data(), separate[size_t(i)].data(), bytes) == 0,
+                      "product %d of the group differs from its own matmul (%d threads)", i, n_threads);
+        }
+    }
+    std::vector<MatmulProblem> too_many(size_t(kMaxSharedOutputs + 1), MatmulProblem{&matrices[0], nullptr, 0,
+                                                                                     nullptr});
+    CHECK_THROWS(std::invalid_argument, matmul_grouped(too_many.data(), int(too_many.size()), one, scratch),
+                 "17 products, expected 1 to 16");
+}
+
 void test_all_types() {
     std::mt19937 rng(7);
     std::string covered, skipped;
@@ -321,6 +380,7 @@ void test_all_types() {
 int main() {
     test_loop_structure();
     test_errors();
+    test_grouped();
     test_all_types();
     return test::exit_code("test_matmul");
 }
