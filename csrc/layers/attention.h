@@ -1,5 +1,6 @@
 // Causal grouped-query attention of a batch of queries over one layer's KV cache.
-// Owns: scores, the fp32 softmax and the weighted sum of values, split over the thread pool by (token, head).
+// Owns: scores, the fp32 softmax and the weighted sum of values, split over the thread pool by (token, KV head,
+// up to VEC_DOT_MAX_X of its query heads).
 // Does not own: the cache (the session's) or writing the batch's own keys and values into it (the model does
 // that first, so a query sees its own key and the keys of earlier tokens of its batch).
 //
@@ -22,7 +23,7 @@ struct AttentionShape {
 
 // Scores of one query over the keys, one row per pool thread. Sized once per session (attention_reserve).
 struct AttentionScratch {
-    std::vector<float> scores;  // [n_threads, n_ctx]
+    std::vector<float> scores;  // [n_threads, VEC_DOT_MAX_X, n_ctx]
     int64_t n_ctx = 0;
 };
 
