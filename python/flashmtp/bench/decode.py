@@ -8,7 +8,7 @@ llama.cpp (llama-cpp-python) through its C API, ``llama_decode`` on ``llama_batc
 empty KV cache (flashmtp: rewind(0); llama.cpp: llama_memory_clear), so no run reuses an earlier prompt.
 
 Each engine runs in its own spawned process: their thread pools never compete while idle, and each one's
-peak resident memory (ru_maxrss) is its own. After one untimed warm-up run each, the parent asks the two
+peak resident memory is its own. After one untimed warm-up run each, the parent asks the two
 processes in turn for one repeat of every test (A B A B ...), so drift on a shared machine hits both alike;
 figures are medians over --repeats.
 
@@ -22,7 +22,6 @@ import argparse
 import csv
 import ctypes
 import multiprocessing
-import resource
 import statistics
 import time
 import traceback
@@ -152,7 +151,11 @@ def run_repeat(runner: FlashmtpRunner | LlamaCppRunner, workload: Workload,
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: a spawned child starts with its parent's,
+    as Linux carries the peak of the forked copy across exec, and the parent's bandwidth probe is 1 GB."""
+    status = Path("/proc/self/status").read_text()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kib) / 1024
 
 
 def engine_worker(conn: Connection, engine: str, path: str, threads: int, workload: Workload) -> None:
@@ -295,8 +298,8 @@ def run_bench_decode(args: argparse.Namespace) -> int:
             print(f"{'ratio':<10} {'':>8} {'':>9} {'':>12} "
                   f"{results[FLASHMTP].peak_rss_mib / results[LLAMA_CPP].peak_rss_mib:>12.2f}")
     print("\nratio: flashmtp / llama.cpp. MB/token: weights plus the KV cache a generated token reads\n"
-          "(flashmtp fp32, llama.cpp f16), averaged over the tg run. peak RSS: ru_maxrss of each engine's\n"
-          "own process after load and all runs; it counts the Python interpreter (see 'before load') and\n"
+          "(flashmtp fp32, llama.cpp f16), averaged over the tg run. peak RSS: VmHWM of each engine's own\n"
+          "process after load and all runs; it counts the Python interpreter (see 'before load') and\n"
           "the pages of the memory-mapped GGUF file that were touched, for both engines.")
     if args.csv:
         with Path(args.csv).open("w", newline="") as f:
