@@ -72,3 +72,16 @@ def test_side_by_side_with_llama_cpp(capsys: pytest.CaptureFixture[str]) -> None
     assert [r[0] for r in engines] == ["flashmtp", "llama.cpp", "ratio"]
     # Same weights, KV cache fp32 against f16: flashmtp reads more bytes per token.
     assert float(engines[0][1]) >= float(engines[1][1])
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--pp", "8,x", "--pp takes comma-separated integers, got '8,x'"),
+    ("--pp", "0", "need prefill sizes >= 1"),
+    ("--tg", "0", "tg >= 1"),
+    ("--threads", "0", "need threads >= 1"),
+    ("--repeats", "0", "repeats >= 1"),
+])
+def test_bad_settings_name_the_problem(capsys: pytest.CaptureFixture[str], option: str, value: str,
+                                       message: str) -> None:
+    assert main(["bench", "decode", "-m", str(TINY), option, value]) == 2
+    assert message in capsys.readouterr().err

@@ -23,6 +23,7 @@ import csv
 import ctypes
 import multiprocessing
 import statistics
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ class Workload:
     pp: tuple[int, ...]
     tg: int
     tg_prompt: int
+
+    def __post_init__(self) -> None:
+        if not self.pp or min(self.pp) < 1 or self.tg < 1 or self.tg_prompt < 0:
+            raise ValueError(f"need prefill sizes >= 1, tg >= 1 and tg prompt >= 0; got pp {list(self.pp)}, "
+                             f"tg {self.tg}, tg prompt {self.tg_prompt}")
 
     @property
     def n_ctx(self) -> int:
@@ -141,7 +147,8 @@ def run_repeat(runner: FlashmtpRunner | LlamaCppRunner, workload: Workload,
         runner.decode(tokens[:n])
         seconds[f"pp{n}"] = time.perf_counter() - start
     runner.clear()
-    runner.decode(tokens[:workload.tg_prompt])
+    if workload.tg_prompt:
+        runner.decode(tokens[:workload.tg_prompt])
     generated = tokens[workload.tg_prompt:workload.tg_prompt + workload.tg]
     start = time.perf_counter()
     for i in range(workload.tg):
@@ -248,10 +255,23 @@ def llama_cpp_unavailable_reason() -> str | None:
     return None
 
 
+def int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(t) for t in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
 def run_bench_decode(args: argparse.Namespace) -> int:
-    threads = [int(t) for t in str(args.threads).split(",")]
-    workload = Workload(pp=tuple(int(n) for n in str(args.pp).split(",")), tg=args.tg,
-                        tg_prompt=args.tg_prompt)
+    try:
+        threads = int_list(args.threads, "--threads")
+        workload = Workload(pp=tuple(int_list(args.pp, "--pp")), tg=args.tg, tg_prompt=args.tg_prompt)
+        if min(threads) < 1 or args.repeats < 1:
+            raise ValueError(f"need threads >= 1 and repeats >= 1; got threads {threads}, "
+                             f"repeats {args.repeats}")
+    except ValueError as e:
+        print(f"flashmtp bench decode: error: {e}", file=sys.stderr)
+        return 2
     engines = [FLASHMTP]
     if args.no_llama_cpp:
         print("llama.cpp columns skipped (--no-llama-cpp)")
