@@ -30,7 +30,8 @@ def table(out: str, threads: int) -> tuple[list[list[str]], list[list[str]]]:
 
 def test_flashmtp_only_prints_tables_and_csv(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_csv = tmp_path / "decode.csv"
-    args = ["bench", "decode", "-m", str(TINY), *SMALL_RUN, "--threads", "1,2", "--no-llama-cpp", "--csv", str(out_csv)]
+    args = ["bench", "decode", "-m", str(TINY), *SMALL_RUN, "--threads", "1,2", "--no-llama-cpp",
+            "--csv", str(out_csv)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "llama.cpp columns skipped (--no-llama-cpp)" in out
