@@ -22,6 +22,7 @@ import argparse
 import csv
 import ctypes
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -290,8 +291,11 @@ def run_bench_decode(args: argparse.Namespace) -> int:
     csv_rows = []
     for n in threads:
         bandwidth = _core.read_bandwidth(probe_bytes, _core.ThreadPool(n), 3)  # GB/s
+        load_before = os.getloadavg()[0]
         results = measure(engines, args.model, n, workload, args.repeats)
-        print(f"\nthreads {n}: read bandwidth {bandwidth:.1f} GB/s")
+        # Spinning thread pools lose whole time slices when other processes want the cores: say how busy.
+        print(f"\nthreads {n}: read bandwidth {bandwidth:.1f} GB/s; 1-minute load average {load_before:.1f} "
+              f"before, {os.getloadavg()[0]:.1f} after (this bench adds about {n}) on {os.cpu_count()} cores")
         print(f"{'test':<7}" + "".join(f"{e + ' t/s':>15}" for e in engines)
               + (f"{'ratio':>7}" if len(engines) == 2 else ""))
         for test in workload.tests:
