@@ -22,9 +22,10 @@ def table(out: str, threads: int) -> tuple[list[list[str]], list[list[str]]]:
     """The speed rows and the engine rows printed for one thread count."""
     lines = out.splitlines()
     start = lines.index(next(line for line in lines if line.startswith(f"threads {threads}:")))
-    speed_end = next(i for i in range(start, len(lines)) if lines[i].startswith("engine"))
+    header = next(i for i in range(start, len(lines)) if lines[i].startswith("test "))  # after a busy note
+    speed_end = next(i for i in range(header, len(lines)) if lines[i].startswith("engine"))
     engine_end = next(i for i in range(speed_end, len(lines)) if not lines[i].strip())
-    return ([line.split() for line in lines[start + 2:speed_end]],
+    return ([line.split() for line in lines[header + 1:speed_end]],
             [line.split() for line in lines[speed_end + 1:engine_end]])
 
 

@@ -294,9 +294,13 @@ def run_bench_decode(args: argparse.Namespace) -> int:
         bandwidth = _core.read_bandwidth(probe_bytes, _core.ThreadPool(n), 3)  # GB/s
         load_before = os.getloadavg()[0]
         results = measure(engines, args.model, n, workload, args.repeats)
-        # Spinning thread pools lose whole time slices when other processes want the cores: say how busy.
+        load_after = os.getloadavg()[0]
         print(f"\nthreads {n}: read bandwidth {bandwidth:.1f} GB/s; 1-minute load average {load_before:.1f} "
-              f"before, {os.getloadavg()[0]:.1f} after (this bench adds about {n}) on {os.cpu_count()} cores")
+              f"before, {load_after:.1f} after (this bench adds about {n}) on {os.cpu_count()} cores")
+        if max(load_before, load_after - n) >= 0.5:
+            # Threads that spin at barriers lose whole time slices when other processes want the cores.
+            print("busy machine: other processes ran; llama.cpp's spinning barriers suffer most, so compare "
+                  "runs on a quiet machine")
         print(f"{'test':<7}" + "".join(f"{e + ' t/s':>15}" for e in engines)
               + (f"{'ratio':>7}" if len(engines) == 2 else ""))
         for test in workload.tests:
