@@ -23,6 +23,7 @@ import csv
 import ctypes
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
@@ -167,6 +168,17 @@ def peak_rss_mib() -> float:
     return int(kib) / 1024
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by every process on the machine, and by this one with its waited-for
+    children: their difference over a measurement is the noise it carries."""
+    # The "cpu" line: user nice system idle iowait irq softirq steal ..., in clock ticks.
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(fields) - fields[3] - fields[4]
+    usages = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    own = sum(u.ru_utime + u.ru_stime for u in usages)
+    return busy / os.sysconf("SC_CLK_TCK"), own
+
+
 def engine_worker(conn: Connection, engine: str, path: str, threads: int, workload: Workload) -> None:
     """A spawned process's main: load, report, then run one repeat per "run" message until "stop",
     answering the peak RSS. Failures go back as ("error", traceback)."""
@@ -292,15 +304,18 @@ def run_bench_decode(args: argparse.Namespace) -> int:
     csv_rows = []
     for n in threads:
         bandwidth = _core.read_bandwidth(probe_bytes, _core.ThreadPool(n), 3)  # GB/s
-        load_before = os.getloadavg()[0]
+        start, (all_before, own_before) = time.perf_counter(), cpu_seconds()
         results = measure(engines, args.model, n, workload, args.repeats)
-        load_after = os.getloadavg()[0]
-        print(f"\nthreads {n}: read bandwidth {bandwidth:.1f} GB/s; 1-minute load average {load_before:.1f} "
-              f"before, {load_after:.1f} after (this bench adds about {n}) on {os.cpu_count()} cores")
-        if max(load_before, load_after - n) >= 0.5:
+        all_after, own_after = cpu_seconds()
+        n_cpus = os.cpu_count() or 1
+        others = max(0.0, (all_after - all_before) - (own_after - own_before)) / (
+            (time.perf_counter() - start) * n_cpus)
+        print(f"\nthreads {n}: read bandwidth {bandwidth:.1f} GB/s; other processes used {others:.0%} of the "
+              f"{n_cpus} cores meanwhile")
+        if others >= 0.1:
             # Threads that spin at barriers lose whole time slices when other processes want the cores.
-            print("busy machine: other processes ran; llama.cpp's spinning barriers suffer most, so compare "
-                  "runs on a quiet machine")
+            print("busy machine: llama.cpp's spinning barriers suffer most from it; compare runs on a quiet "
+                  "machine")
         print(f"{'test':<7}" + "".join(f"{e + ' t/s':>15}" for e in engines)
               + (f"{'ratio':>7}" if len(engines) == 2 else ""))
         for test in workload.tests:
@@ -321,6 +336,7 @@ def run_bench_decode(args: argparse.Namespace) -> int:
                              "bytes_per_token": round(per_token), "read_gbps": round(read_gbps, 2),
                              "bandwidth_gbps": round(bandwidth, 2),
                              "bandwidth_fraction": round(read_gbps / bandwidth, 3),
+                             "others_cpu_share": round(others, 3),
                              "peak_rss_mib": round(r.peak_rss_mib, 1),
                              "rss_before_load_mib": round(r.rss_before_load_mib, 1)})
         if len(engines) == 2:
