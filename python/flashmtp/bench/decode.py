@@ -4,13 +4,15 @@ pp<N>: one decode of N tokens from position 0 (prefill). tg<N>: N single-token d
 --tg-prompt tokens (generation). Both engines run the same random token ids, keep the logits of the last
 token only, and hand them to Python as a numpy row: flashmtp through ``Session.decode(tokens, n_logits=1)``,
 llama.cpp (llama-cpp-python) through its C API, ``llama_decode`` on ``llama_batch_get_one`` then
-``llama_get_logits_ith(ctx, -1)``, so no Python sampling or bookkeeping is timed. Every run starts from an
+``llama_get_logits_ith(ctx, -1)``, so no Python sampling or bookkeeping is timed; llama.cpp runs as its
+defaults have it on the CPU (flash attention, f16 KV cache, repacked weights). Every run starts from an
 empty KV cache (flashmtp: rewind(0); llama.cpp: llama_memory_clear), so no run reuses an earlier prompt.
 
 Each engine runs in its own spawned process: their thread pools never compete while idle, and each one's
-peak resident memory is its own. After one untimed warm-up run each, the parent asks the two
-processes in turn for one repeat of every test (A B A B ...), so drift on a shared machine hits both alike;
-figures are medians over --repeats.
+peak resident memory is its own. After one untimed warm-up run each, the parent asks the two processes in
+turn for one repeat of every test (A B A B ...), so drift on a shared machine hits both alike; figures are
+medians over --repeats. Other processes still hurt llama.cpp's spinning barriers more than flashmtp's
+yielding pool, so the table says how much CPU they took meanwhile.
 
 Generation reads every weight once per token plus the KV cache of the positions so far, so its roofline is
 read bandwidth / bytes per token; the table shows how close each engine comes.
