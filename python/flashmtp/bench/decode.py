@@ -5,8 +5,9 @@ pp<N>: one decode of N tokens from position 0 (prefill). tg<N>: N single-token d
 token only, and hand them to Python as a numpy row: flashmtp through ``Session.decode(tokens, n_logits=1)``,
 llama.cpp (llama-cpp-python) through its C API, ``llama_decode`` on ``llama_batch_get_one`` then
 ``llama_get_logits_ith(ctx, -1)``, so no Python sampling or bookkeeping is timed; llama.cpp runs as its
-defaults have it on the CPU (flash attention, f16 KV cache, repacked weights). Every run starts from an
-empty KV cache (flashmtp: rewind(0); llama.cpp: llama_memory_clear), so no run reuses an earlier prompt.
+defaults have it on the CPU (flash attention, f16 KV cache, weights repacked where it can). Every run
+starts from an empty KV cache (flashmtp: rewind(0); llama.cpp: llama_memory_clear), so no run reuses an
+earlier prompt.
 
 Each engine runs in its own spawned process: their thread pools never compete while idle, and each one's
 peak resident memory is its own. After one untimed warm-up run each, the parent asks the two processes in
