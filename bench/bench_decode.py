@@ -1,6 +1,6 @@
-"""Prefill and generation speed of a real model: ``flashmtp bench decode`` from a checkout.
+"""Prefill and generation speed of a real model against llama.cpp: ``flashmtp bench decode`` from a checkout.
 
-    python bench/bench_decode.py -m smollm2-135m-q4_1 --threads 1,2 --repeats 5
+    python bench/bench_decode.py -m smollm2-135m-q4_1 --threads 2 --repeats 5 --csv bench-decode.csv
 """
 
 from __future__ import annotations

@@ -132,13 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     # Matrix size; the smoke test shrinks it (the bandwidth buffer is 16x this).
     kernels.add_argument("--size-mb", type=float, default=64.0, help=argparse.SUPPRESS)
     kernels.set_defaults(run=_run_bench_kernels)
-    decode = bench_sub.add_parser("decode", help="prefill (pp) and generation (tg) tokens/s of a model")
+    decode = bench_sub.add_parser("decode", help="prefill (pp) and generation (tg) tokens/s of a model, "
+                                                 "flashmtp against llama.cpp")
     decode.add_argument("-m", "--model", required=True,
                         help="a .gguf file, or a known real model name (see flashmtp.testing.models)")
     decode.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    decode.add_argument("--pp", type=int, default=128, help="prefill batch size")
-    decode.add_argument("--tg", type=int, default=64, help="single-token decodes per generation run")
+    decode.add_argument("--pp", default="128,512", help="comma-separated prefill batch sizes")
+    decode.add_argument("--tg", type=int, default=128, help="single-token decodes per generation run")
+    decode.add_argument("--tg-prompt", type=int, default=128, help="prompt tokens before each generation run")
     decode.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median)")
+    decode.add_argument("--no-llama-cpp", action="store_true", help="measure flashmtp only")
+    decode.add_argument("--csv", default="", help="also write the figures here as CSV")
     # The bandwidth probe's buffer (far above the last-level cache); the smoke test shrinks it.
     decode.add_argument("--bandwidth-mb", type=float, default=1024.0, help=argparse.SUPPRESS)
     decode.set_defaults(run=_run_bench_decode)
