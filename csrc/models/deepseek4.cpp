@@ -159,6 +159,10 @@ Ds4Model deepseek4_load(const GGUFFile &file) {
     h = read_hparams(file);
     read_rope(file, h, model);
     TensorBinder bind(file);
+    if (h.n_nextn > 0 && !bind.has("blk.0.attn_norm.weight")) {
+        fail(file, "an MTP-only file (nextn_predict_layers = " + std::to_string(h.n_nextn) +
+                       ", no blk.0.attn_norm.weight): load the main model's file");
+    }
 
     // n_vocab comes from the embedding itself: the tokenizer's list is checked against it by the tokenizer.
     const GGUFTensorInfo *embd = file.find_tensor("token_embd.weight");

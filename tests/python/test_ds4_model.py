@@ -26,7 +26,7 @@ pytest.importorskip("tokenizers")
 
 import flashmtp  # noqa: E402
 from flashmtp import _core  # noqa: E402
-from flashmtp.convert import convert  # noqa: E402
+from flashmtp.convert import convert, mtp_path  # noqa: E402
 from flashmtp.testing.tiny_deepseek4 import TinyDeepseek4, make_tiny_deepseek4  # noqa: E402
 
 N_TOKENS = 72
@@ -234,3 +234,39 @@ def test_load_refuses_unexpected_tensor(gguf_files: dict[str, Path], tmp_path: P
     message = "unexpected tensor 'blk.2.attn_compressor_kv.weight' for architecture deepseek4"
     with pytest.raises(flashmtp.GGUFError, match=message):
         _core.Engine(str(path), 1)
+
+
+def with_mtp_block(main: Path, sidecar: Path, out: Path) -> Path:
+    """`main` with the sidecar's MTP block appended, as a main file that carries its nextn layer: block_count
+    n_main + 1, nextn_predict_layers = 1, blk.<n_main>.* (shared/spec/gguf.md "The MTP file")."""
+    import gguf
+
+    rm, rs = gguf.GGUFReader(main), gguf.GGUFReader(sidecar)
+    n_main = int(rm.fields["deepseek4.block_count"].contents())
+    writer = gguf.GGUFWriter(out, arch="deepseek4")
+    for name, field in rm.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value = n_main + 1 if name == "deepseek4.block_count" else field.contents()
+        sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, value, field.types[0], sub_type)
+    writer.add_uint32("deepseek4.nextn_predict_layers", 1)
+    block = f"blk.{n_main}."
+    for t in list(rm.tensors) + [t for t in rs.tensors if t.name.startswith(block)]:
+        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def test_main_file_carrying_the_mtp_block_loads(gguf_files: dict[str, Path], tmp_path: Path,
+                                                tokens: np.ndarray, prefill: np.ndarray) -> None:
+    sidecar = mtp_path(gguf_files["f32"])
+    path = with_mtp_block(gguf_files["f32"], sidecar, tmp_path / "with-mtp.gguf")
+    engine = _core.Engine(str(path), 1)
+    assert engine.n_layer == 4  # the MTP block is not a main layer
+    np.testing.assert_array_equal(engine.session().decode(tokens), prefill)
+    with pytest.raises(flashmtp.GGUFError, match="an MTP-only file"):
+        _core.Engine(str(sidecar), 1)
