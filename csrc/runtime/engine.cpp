@@ -1,6 +1,7 @@
 // Engine and Session: the public API over the model code (models/model.h). The engine loads the model of the
 // file's general.architecture and owns the mapping and the thread pool; a session owns one model state and
 // checks every input before the forward pass sees it.
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -79,9 +80,10 @@ public:
 
     // A model that rewinds in place (a KV cache indexed by absolute position: rows at n_past and beyond are
     // overwritten by the next decode before anything reads them) only truncates the position. Any other model
-    // gets a fresh state that re-runs the kept tokens [0, n_past) in one batch: exact, because a token's
-    // results do not depend on the batch it ran in. It costs a prefill of n_past tokens; a partial rewind
-    // that keeps the state of the last compression windows comes with MTP speculative decoding.
+    // gets a fresh state that re-runs the kept tokens [0, n_past): exact, because a token's results do not
+    // depend on the batches it ran in; in batches of kRerunBatch tokens so that the activation buffers stay
+    // bounded whatever n_past is. It costs a prefill of n_past tokens; a partial rewind that keeps the state of
+    // the last compression windows comes with MTP speculative decoding.
     void rewind(int n_past) override {
         if (n_past < 0 || n_past > n_past_) {
             throw std::invalid_argument("rewind: position " + std::to_string(n_past) + " is outside [0, " +
@@ -90,7 +92,10 @@ public:
         if (n_past == n_past_) return;
         if (!engine_->model().rewinds_in_place()) {
             std::unique_ptr<ModelState> fresh = new_state();
-            if (n_past > 0) engine_->model().forward(*fresh, history_.data(), n_past, 0, 0, nullptr, engine_->pool());
+            for (int at = 0; at < n_past; at += kRerunBatch) {
+                const int n = std::min(kRerunBatch, n_past - at);
+                engine_->model().forward(*fresh, history_.data() + at, n, at, 0, nullptr, engine_->pool());
+            }
             state_ = std::move(fresh);
             history_.resize(size_t(n_past));
         }
@@ -102,6 +107,8 @@ public:
     size_t state_size() const override { return state_->size_bytes(); }
 
 private:
+    static constexpr int kRerunBatch = 512;
+
     std::unique_ptr<ModelState> new_state() const { return engine_->model().new_state(n_ctx_, engine_->n_threads()); }
 
     std::shared_ptr<const EngineImpl> engine_;

@@ -131,6 +131,15 @@ def test_rewind_then_redecode_is_bitwise(gguf_files: dict[str, Path], tokens: np
     np.testing.assert_array_equal(session.decode(other[:20]), fresh.decode(other[:20]))
 
 
+def test_rewind_reruns_long_histories_in_batches(gguf_files: dict[str, Path]) -> None:
+    """Past 512 kept tokens the session re-runs its history in several batches (runtime/engine.cpp)."""
+    long = np.random.default_rng(1).integers(0, 300, 1100).astype(np.int32)
+    session = _core.Engine(str(gguf_files["f32"]), 2).session(n_ctx=len(long))
+    expected = session.decode(long, n_logits=4)
+    session.rewind(len(long) - 4)
+    np.testing.assert_array_equal(session.decode(long[-4:]), expected)
+
+
 # Measured on this checkpoint and seeds 1, 2 (KL mean / max, top-1): Q8_0 1.5e-5 / 2.4e-4..6.9e-4,
 # 0.93..1.0; Q4_K 1.8e-5..3.5e-5 / 1.3e-4..6.2e-4, 0.94..0.97. The tiny model's random logits are nearly flat
 # (many near-ties), so top-1 is the looser signal; the bounds leave ~3x headroom on KL.
