@@ -189,12 +189,19 @@ Ds4Model deepseek4_load(const GGUFFile &file) {
                        " does not divide head_count x key_length = " + std::to_string(h.n_head * h.head_dim));
     }
     const int64_t D = h.n_embd, H = h.n_head, d = h.head_dim;
+    MoeRouter router;  // what every layer's router shares; hash layers add the table, routed ones the bias
+    router.n_expert = h.n_expert;
+    router.n_expert_used = h.n_expert_used;
+    router.gating = MoeGatingFunc(count_or(file, "expert_gating_func", MOE_GATING_SQRT_SOFTPLUS));
+    router.weights_norm = file.has(key("expert_weights_norm")) ? file.get_bool(key("expert_weights_norm")) : true;
+    router.weights_scale = optional_float(file, key("expert_weights_scale"), 1.0);
 
     for (int64_t il = 0; il < h.n_layer; ++il) {
-        const std::string b = "blk." + std::to_string(il) + ".";
+        const std::string block = "blk." + std::to_string(il), b = block + ".";
         Ds4Layer layer{};
-        const int64_t ratio = ratios.array_i64(uint64_t(il), key("attention.compress_ratios"));
-        if (ratio < 0) fail(file, b + "compress ratio " + std::to_string(ratio) + " is negative");
+        const std::string ratio_key = key("attention.compress_ratios") + "[" + std::to_string(il) + "]";
+        const int64_t ratio = ratios.array_i64(uint64_t(il), ratio_key);
+        if (ratio < 0) fail(file, "metadata " + ratio_key + " = " + std::to_string(ratio) + ", expected >= 0");
         Ds4AttentionShape &s = layer.attn_shape;
         s.kind = ratio == 0 ? DS4_ATTN_WINDOW : ratio == kCsaRatio ? DS4_ATTN_CSA : DS4_ATTN_HCA;
         s.n_embd = D;
@@ -232,23 +239,18 @@ Ds4Model deepseek4_load(const GGUFFile &file) {
         } else if (s.kind == DS4_ATTN_HCA) {
             a.compressor = bind_compressor(bind, b + "attn_compressor", D, 1, d, ratio);
         }
-        check_block(file, "blk." + std::to_string(il), [&] { ds4_attention_validate(s, a); });
+        check_block(file, block, [&] { ds4_attention_validate(s, a); });
 
         layer.hc_attn = bind_mixer(bind, b + "hc_attn", h.hc);
         layer.hc_ffn = bind_mixer(bind, b + "hc_ffn", h.hc);
-        check_block(file, "blk." + std::to_string(il), [&] {
+        check_block(file, block, [&] {
             hc_check(h.hc, layer.hc_attn);
             hc_check(h.hc, layer.hc_ffn);
         });
 
         layer.ffn_norm = bind.vector_f32(b + "ffn_norm.weight", D);
         MoeLayer &m = layer.moe;
-        m.router.n_expert = h.n_expert;
-        m.router.n_expert_used = h.n_expert_used;
-        m.router.gating = MoeGatingFunc(count_or(file, "expert_gating_func", MOE_GATING_SQRT_SOFTPLUS));
-        m.router.weights_norm = file.has(key("expert_weights_norm")) ? file.get_bool(key("expert_weights_norm"))
-                                                                     : true;
-        m.router.weights_scale = optional_float(file, key("expert_weights_scale"), 1.0);
+        m.router = router;
         if (il < h.n_hash_layer) {
             m.router.tid2eid = bind.i32(b + "ffn_gate_tid2eid.weight", {h.n_expert_used, h.n_vocab});
             m.router.n_vocab = h.n_vocab;
@@ -267,7 +269,7 @@ Ds4Model deepseek4_load(const GGUFFile &file) {
         const float l_shexp = float(clamp_shexp.array_f64(uint64_t(il), key("swiglu_clamp_shexp")));
         m.swiglu_limit_exp = l_exp > 0.0f ? l_exp : INFINITY;
         m.swiglu_limit_shexp = l_shexp > 0.0f ? l_shexp : INFINITY;
-        check_block(file, "blk." + std::to_string(il), [&] { moe_check_layer(m); });
+        check_block(file, block, [&] { moe_check_layer(m); });
         model.layers.push_back(layer);
     }
     // The MTP block (and its nextn.* tensors) belongs to the MTP head, which loads it from this file or the
