@@ -35,14 +35,15 @@ public:
     virtual int n_ctx() const = 0;
     // Its engine's vocabulary size: the row length of decode's logits.
     virtual int n_vocab() const = 0;
-    // Bytes of per-sequence state (the KV cache, fp32).
+    // Bytes of per-sequence state, fp32: the KV cache (llama, qwen2); the attention rings and compressed entries
+    // (deepseek4, growing with the entries).
     virtual size_t state_size() const = 0;
 };
 
 class Engine {
 public:
-    // Maps the GGUF file at `path` and validates it for its architecture (llama, qwen2): hyperparameters and
-    // every tensor's name, shape and type. Throws flashmtp::GGUFError (core/error.h; a std::runtime_error)
+    // Maps the GGUF file at `path` and validates it for its architecture (llama, qwen2, deepseek4):
+    // hyperparameters and every tensor's name, shape and type. Throws flashmtp::GGUFError (core/error.h; a std::runtime_error)
     // naming the file, the tensor or key, and expected vs found. n_threads >= 1 counts the calling thread.
     static std::shared_ptr<Engine> load(const std::string &path, int n_threads = 1);
     virtual ~Engine() = default;

@@ -1,36 +1,18 @@
 // llama: loading and validating a llama-family GGUF file, and the forward pass shared with qwen2.
-// Reading order: hyperparameters, tensor binding (every check happens here, once), state, forward.
+// Reading order: hyperparameters, tensor binding (every check happens once, here), state, forward.
 #include "models/llama.h"
 
-#include <initializer_list>
 #include <string>
 
 #include "layers/ffn.h"
 #include "layers/norm.h"
+#include "models/loader.h"
 
 namespace flashmtp {
 
 namespace {
 
 // ---- hyperparameters ---------------------------------------------------------------------------------------
-
-[[noreturn]] void fail(const GGUFFile &file, const std::string &problem) {
-    throw GGUFError(file.path() + ": " + problem);
-}
-
-int64_t required_int(const GGUFFile &file, const std::string &key) {
-    const int64_t value = file.get(key).to_i64(file.path() + ": " + key);
-    if (value <= 0) fail(file, "metadata " + key + " = " + std::to_string(value) + ", expected a positive value");
-    return value;
-}
-
-int64_t optional_int(const GGUFFile &file, const std::string &key, int64_t fallback) {
-    return file.has(key) ? required_int(file, key) : fallback;
-}
-
-float optional_float(const GGUFFile &file, const std::string &key, double fallback) {
-    return float(file.has(key) ? file.get(key).to_f64(file.path() + ": " + key) : fallback);
-}
 
 LlamaHparams read_hparams(const GGUFFile &file, const LlamaVariant &variant) {
     const std::string p = std::string(variant.arch) + ".";
@@ -67,75 +49,6 @@ LlamaHparams read_hparams(const GGUFFile &file, const LlamaVariant &variant) {
     h.rope_mode = variant.rope_mode;
     return h;
 }
-
-// ---- tensor binding ------------------------------------------------------------------------------------------
-
-std::string dims_string(const int64_t *ne, uint32_t n_dims) {
-    std::string s = "[";
-    for (uint32_t i = 0; i < n_dims; ++i) s += (i ? ", " : "") + std::to_string(ne[i]);
-    return s + "]";
-}
-
-// Hands out checked views of the file's tensors and remembers which ones were taken, so that a tensor the
-// architecture does not use (a sign of a wrong or unsupported file) is an error too.
-class TensorBinder {
-public:
-    explicit TensorBinder(const GGUFFile &file) : file_(file), used_(file.tensors().size(), false) {}
-
-    bool has(const std::string &name) const { return file_.find_tensor(name) != nullptr; }
-
-    // A matrix of n_rows rows of n_cols elements (ggml shape [n_cols, n_rows]) of a type matmul can use.
-    WeightMatrix matrix(const std::string &name, int64_t n_cols, int64_t n_rows) {
-        const GGUFTensorInfo &info = take(name, {n_cols, n_rows});
-        const DTypeTraits &traits = *dtype_traits(info.type);
-        const KernelTable &table = kernels();
-        if (!table.vec_dot[info.type] || !table.quantize_row[traits.vec_dot_type]) {
-            fail(file_, "tensor '" + name + "': type " + traits.name + " has no matrix multiplication kernel");
-        }
-        if (n_cols % traits.block_size != 0) {
-            fail(file_, "tensor '" + name + "': rows of " + std::to_string(n_cols) + " are not whole " +
-                            traits.name + " blocks of " + std::to_string(traits.block_size));
-        }
-        return {DType(info.type), file_.tensor_data(info).data, n_rows, n_cols, dtype_row_size(traits, n_cols)};
-    }
-
-    // An f32 vector of n elements (norm weights, biases).
-    const float *vector_f32(const std::string &name, int64_t n) {
-        const GGUFTensorInfo &info = take(name, {n});
-        if (info.type != DTYPE_F32) {
-            fail(file_, "tensor '" + name + "': expected type f32, found " + dtype_traits(info.type)->name);
-        }
-        return reinterpret_cast<const float *>(file_.tensor_data(info).data);
-    }
-
-    // Every tensor of the file must have been bound.
-    void check_all_used(const char *arch) const {
-        for (size_t i = 0; i < used_.size(); ++i) {
-            if (!used_[i]) {
-                fail(file_, "unexpected tensor '" + file_.tensors()[i].name + "' for architecture " + arch);
-            }
-        }
-    }
-
-private:
-    const GGUFTensorInfo &take(const std::string &name, std::initializer_list<int64_t> shape) {
-        const GGUFTensorInfo *info = file_.find_tensor(name);
-        if (!info) fail(file_, "missing tensor '" + name + "'");
-        const std::vector<int64_t> expected(shape);
-        bool same = info->n_dims == expected.size();
-        for (size_t i = 0; same && i < expected.size(); ++i) same = info->ne[i] == expected[i];
-        if (!same) {
-            fail(file_, "tensor '" + name + "': expected shape " +
-                            dims_string(expected.data(), uint32_t(expected.size())) + ", found " +
-                            dims_string(info->ne, info->n_dims) + " (ggml order)");
-        }
-        used_[size_t(info - file_.tensors().data())] = true;
-        return *info;
-    }
-
-    const GGUFFile &file_;
-    std::vector<bool> used_;  // [n_tensors of the file]
-};
 
 // ---- forward helpers -----------------------------------------------------------------------------------------
 

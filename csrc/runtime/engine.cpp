@@ -1,15 +1,16 @@
-// Engine and Session: the public API over the model code. The engine picks the loader by the file's
-// general.architecture and owns the mapping and the thread pool; a session owns one LlamaState and checks
-// every input before the forward pass sees it.
+// Engine and Session: the public API over the model code (models/model.h). The engine loads the model of the
+// file's general.architecture and owns the mapping and the thread pool; a session owns one model state and
+// checks every input before the forward pass sees it.
+#include <algorithm>
 #include <memory>
-#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "core/gguf.h"
 #include "core/thread_pool.h"
 #include "flashmtp.h"
-#include "models/llama.h"
+#include "models/model.h"
 
 namespace flashmtp {
 
@@ -19,42 +20,35 @@ class EngineImpl final : public Engine, public std::enable_shared_from_this<Engi
 public:
     EngineImpl(std::shared_ptr<GGUFFile> file, int n_threads)
         : file_(std::move(file)), architecture_(file_->get_string("general.architecture")),
-          model_(load_model(*file_, architecture_)), pool_(n_threads) {}
+          model_(load_model(*file_)), pool_(n_threads) {}
 
     const std::string &architecture() const override { return architecture_; }
-    int n_vocab() const override { return int(model_.hparams.n_vocab); }
-    int n_embd() const override { return int(model_.hparams.n_embd); }
-    int n_layer() const override { return int(model_.hparams.n_layer); }
-    int n_head() const override { return int(model_.hparams.n_head); }
-    int n_head_kv() const override { return int(model_.hparams.n_head_kv); }
-    int n_ff() const override { return int(model_.hparams.n_ff); }
-    int n_ctx_train() const override { return int(model_.hparams.n_ctx_train); }
+    int n_vocab() const override { return int(model_->dims().n_vocab); }
+    int n_embd() const override { return int(model_->dims().n_embd); }
+    int n_layer() const override { return int(model_->dims().n_layer); }
+    int n_head() const override { return int(model_->dims().n_head); }
+    int n_head_kv() const override { return int(model_->dims().n_head_kv); }
+    int n_ff() const override { return int(model_->dims().n_ff); }
+    int n_ctx_train() const override { return int(model_->dims().n_ctx_train); }
     int n_threads() const override { return pool_.n_threads(); }
 
     std::unique_ptr<Session> new_session(int n_ctx) const override;
 
-    const LlamaModel &model() const { return model_; }
+    const Model &model() const { return *model_; }
     // The pool serialises concurrent jobs itself, so sessions on several threads may share it.
     ThreadPool &pool() const { return pool_; }
 
 private:
-    static LlamaModel load_model(const GGUFFile &file, const std::string &arch) {
-        if (arch == "llama") return llama_load_llama(file);
-        if (arch == "qwen2") return qwen2_load(file);
-        throw GGUFError(file.path() + ": architecture '" + arch + "' is not supported (supported: llama, qwen2)");
-    }
-
     std::shared_ptr<GGUFFile> file_;  // the mapping every weight view points into
     std::string architecture_;
-    LlamaModel model_;
+    std::unique_ptr<Model> model_;
     mutable ThreadPool pool_;
 };
 
 class SessionImpl final : public Session {
 public:
-    SessionImpl(std::shared_ptr<const EngineImpl> engine, int n_ctx) : engine_(std::move(engine)) {
-        llama_state_init(engine_->model(), state_, n_ctx, engine_->n_threads());
-    }
+    SessionImpl(std::shared_ptr<const EngineImpl> engine, int n_ctx)
+        : engine_(std::move(engine)), n_ctx_(n_ctx), state_(new_state()) {}
 
     void decode(const int32_t *tokens, int n_tokens, float *logits_out, int n_logits) override {
         if (n_tokens < 1) {
@@ -64,10 +58,10 @@ public:
             throw std::invalid_argument("decode: n_logits " + std::to_string(n_logits) + " is outside [0, " +
                                         std::to_string(n_tokens) + "] (the batch's token count)");
         }
-        if (int64_t(n_past_) + n_tokens > state_.n_ctx) {
+        if (int64_t(n_past_) + n_tokens > n_ctx_) {
             throw std::invalid_argument("decode: " + std::to_string(n_tokens) + " token(s) after " +
                                         std::to_string(n_past_) + " past position(s) exceed the context of " +
-                                        std::to_string(state_.n_ctx));
+                                        std::to_string(n_ctx_));
         }
         const int n_vocab = this->n_vocab();
         for (int t = 0; t < n_tokens; ++t) {
@@ -77,29 +71,50 @@ public:
                                             std::to_string(n_vocab) + ")");
             }
         }
-        llama_forward(engine_->model(), state_, tokens, n_tokens, n_past_, n_logits, logits_out, engine_->pool());
+        engine_->model().forward(*state_, tokens, n_tokens, n_past_, n_logits, logits_out, engine_->pool());
+        if (!engine_->model().rewinds_in_place()) history_.insert(history_.end(), tokens, tokens + n_tokens);
         n_past_ += n_tokens;
     }
 
     int n_past() const override { return n_past_; }
 
-    // Cache rows at n_past and beyond are simply overwritten by the next decode before anything reads them
-    // (a query reads rows up to its own position only), so truncating the position is an exact rewind.
+    // A model that rewinds in place (a KV cache indexed by absolute position: rows at n_past and beyond are
+    // overwritten by the next decode before anything reads them) only truncates the position. Any other model
+    // gets a fresh state that re-runs the kept tokens [0, n_past): exact, because a token's results do not
+    // depend on the batches it ran in; in batches of kRerunBatch tokens so that the activation buffers stay
+    // bounded whatever n_past is. It costs a prefill of n_past tokens; a partial rewind that keeps the state of
+    // the last compression windows comes with MTP speculative decoding.
     void rewind(int n_past) override {
         if (n_past < 0 || n_past > n_past_) {
             throw std::invalid_argument("rewind: position " + std::to_string(n_past) + " is outside [0, " +
                                         std::to_string(n_past_) + "]");
         }
+        if (n_past == n_past_) return;
+        if (!engine_->model().rewinds_in_place()) {
+            std::unique_ptr<ModelState> fresh = new_state();
+            for (int at = 0; at < n_past; at += kRerunBatch) {
+                const int n = std::min(kRerunBatch, n_past - at);
+                engine_->model().forward(*fresh, history_.data() + at, n, at, 0, nullptr, engine_->pool());
+            }
+            state_ = std::move(fresh);
+            history_.resize(size_t(n_past));
+        }
         n_past_ = n_past;
     }
 
-    int n_ctx() const override { return int(state_.n_ctx); }
+    int n_ctx() const override { return n_ctx_; }
     int n_vocab() const override { return engine_->n_vocab(); }
-    size_t state_size() const override { return 2 * state_.cache_floats * sizeof(float); }
+    size_t state_size() const override { return state_->size_bytes(); }
 
 private:
+    static constexpr int kRerunBatch = 512;
+
+    std::unique_ptr<ModelState> new_state() const { return engine_->model().new_state(n_ctx_, engine_->n_threads()); }
+
     std::shared_ptr<const EngineImpl> engine_;
-    LlamaState state_;
+    int n_ctx_;
+    std::unique_ptr<ModelState> state_;
+    std::vector<int32_t> history_;  // [n_past] the tokens decoded, kept for models that do not rewind in place
     int n_past_ = 0;
 };
 

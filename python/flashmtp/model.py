@@ -11,8 +11,8 @@
     model.last_stats                                                          # token counts and timings
     model.chat([{"role": "user", "content": "Hi"}])                          # the file's chat template
 
-Supported architectures: llama, qwen2. A malformed or unsupported file raises :class:`flashmtp.GGUFError`;
-bad token ids, a full context or a bad rewind position raise ``ValueError``.
+Supported architectures: llama, qwen2, deepseek4. A malformed or unsupported file raises
+:class:`flashmtp.GGUFError`; bad token ids, a full context or a bad rewind position raise ``ValueError``.
 """
 
 from __future__ import annotations
