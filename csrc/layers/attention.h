@@ -33,9 +33,10 @@ void attention_reserve(AttentionScratch &scratch, int n_threads, int64_t n_ctx);
 // out [n_tokens, n_head, head_dim] = softmax(q k^T * scale) v, query t at position n_past + t attending to
 // cache positions 0..n_past + t.
 //   q       [n_tokens, n_head, head_dim]
-//   k_cache [>= n_past + n_tokens, n_head_kv, head_dim]
+//   k_t     [n_head_kv, head_dim, k_stride]: the keys transposed, position innermost (k_stride >= n_past +
+//           n_tokens), so that a vector load takes one element of consecutive keys
 //   v_cache [>= n_past + n_tokens, n_head_kv, head_dim]
-void attention(const AttentionShape &shape, const float *q, const float *k_cache, const float *v_cache,
+void attention(const AttentionShape &shape, const float *q, const float *k_t, int64_t k_stride, const float *v_cache,
                int64_t n_past, int64_t n_tokens, float *out, ThreadPool &pool, AttentionScratch &scratch);
 
 }  // namespace flashmtp

@@ -133,6 +133,7 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
     s.x.resize(n * size_t(n_embd));
     s.x_norm.resize(n * size_t(n_embd));
     s.q.resize(n * size_t(q_dim));
+    s.k.resize(n * size_t(kv_dim));
     s.attn.resize(n * size_t(q_dim));
     s.proj.resize(n * size_t(n_embd));
     s.gate.resize(n * size_t(h.n_ff));
@@ -152,12 +153,12 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
     const AttentionShape shape{h.n_head, h.n_head_kv, h.head_dim};
     for (int64_t il = 0; il < h.n_layer; ++il) {
         const LlamaLayer &layer = model.layers[size_t(il)];
-        float *k_layer = s.k_cache.get() + size_t(il) * size_t(s.n_ctx) * size_t(kv_dim);  // [n_ctx, kv_dim]
-        float *v_layer = s.v_cache.get() + size_t(il) * size_t(s.n_ctx) * size_t(kv_dim);
-        // The batch's keys and values go straight into their cache rows: the cache row layout is the
-        // projection's output layout.
-        float *k_new = k_layer + n_past * kv_dim;  // [n_tokens, n_head_kv, head_dim]
-        float *v_new = v_layer + n_past * kv_dim;
+        float *k_layer = s.k_cache.get() + size_t(il) * size_t(s.n_ctx) * size_t(kv_dim);  // [kv_dim, n_ctx]
+        float *v_layer = s.v_cache.get() + size_t(il) * size_t(s.n_ctx) * size_t(kv_dim);  // [n_ctx, kv_dim]
+        // The batch's values go straight into their cache rows (the projection's output layout); its keys go
+        // through s.k (RoPE first), then into the transposed key cache.
+        float *k_new = s.k.data();                 // [n_tokens, n_head_kv, head_dim]
+        float *v_new = v_layer + n_past * kv_dim;  // [n_tokens, n_head_kv, head_dim]
 
         rms_norm(s.x.data(), layer.attn_norm, n_tokens, n_embd, h.rms_eps, s.x_norm.data());
         const MatmulOutput qkv[] = {{&layer.attn_q, s.q.data()}, {&layer.attn_k, k_new}, {&layer.attn_v, v_new}};
@@ -171,7 +172,11 @@ void llama_forward(const LlamaModel &model, LlamaState &s, const int32_t *tokens
                    h.rope_mode);
         rope_apply(k_new, s.rope_cos.data(), s.rope_sin.data(), n_tokens, h.n_head_kv, h.head_dim, h.n_rot,
                    h.rope_mode);
-        attention(shape, s.q.data(), k_layer, v_layer, n_past, n_tokens, s.attn.data(), pool, s.attention_scratch);
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            for (int64_t c = 0; c < kv_dim; ++c) k_layer[c * s.n_ctx + n_past + t] = k_new[t * kv_dim + c];
+        }
+        attention(shape, s.q.data(), k_layer, s.n_ctx, v_layer, n_past, n_tokens, s.attn.data(), pool,
+                  s.attention_scratch);
         matmul(layer.attn_output, s.attn.data(), n_tokens, s.proj.data(), pool, s.matmul_scratch);
         add_residual(s.x.data(), s.proj.data(), n_tokens * n_embd);
 

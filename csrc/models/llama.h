@@ -64,15 +64,17 @@ LlamaModel qwen2_load(const GGUFFile &file);        // qwen2.cpp
 // sized for the largest batch seen so far.
 struct LlamaState {
     int64_t n_ctx = 0;
-    // [n_layer, n_ctx, n_head_kv * head_dim] each, left uninitialised: a position is written before any query
-    // reads it, and the pages of positions never reached are never touched, so they cost address space but no
-    // memory (a 32k-position cache for a chat of a few hundred tokens stays a few MB resident).
+    // k_cache [n_layer, n_head_kv, head_dim, n_ctx]: keys transposed, position innermost (attention.h);
+    // v_cache [n_layer, n_ctx, n_head_kv * head_dim]. Both left uninitialised: a position is written before any
+    // query reads it, and pages no position has reached are never touched, so they cost address space but
+    // little memory (a 32k-position cache for a chat of a few hundred tokens stays a few MB resident).
     std::unique_ptr<float[]> k_cache, v_cache;
     size_t cache_floats = 0;  // of each
     // Activations of one batch; resized by llama_forward.
     std::vector<float> x;      // [n_tokens, n_embd] residual stream
     std::vector<float> x_norm; // [n_tokens, n_embd]
     std::vector<float> q;      // [n_tokens, n_head * head_dim]
+    std::vector<float> k;      // [n_tokens, n_head_kv * head_dim] this batch's keys, before the cache
     std::vector<float> attn;   // [n_tokens, n_head * head_dim]
     std::vector<float> proj;   // [n_tokens, n_embd] attention or ffn output projection
     std::vector<float> gate, up;  // [n_tokens, n_ff]
