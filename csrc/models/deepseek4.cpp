@@ -164,18 +164,7 @@ Ds4Model deepseek4_load(const GGUFFile &file) {
                        ", no blk.0.attn_norm.weight): load the main model's file");
     }
 
-    // n_vocab comes from the embedding itself: the tokenizer's list is checked against it by the tokenizer.
-    const GGUFTensorInfo *embd = file.find_tensor("token_embd.weight");
-    if (!embd) fail(file, "missing tensor 'token_embd.weight'");
-    if (embd->n_dims != 2) {
-        fail(file, "tensor 'token_embd.weight': expected 2 dimensions, found " + std::to_string(embd->n_dims));
-    }
-    h.n_vocab = embd->ne[1];
-    model.token_embd = bind.matrix("token_embd.weight", h.n_embd, h.n_vocab);
-    if (!kernels().dequantize_row[model.token_embd.type]) {
-        fail(file, std::string("tensor 'token_embd.weight': type ") + dtype_traits(model.token_embd.type)->name +
-                       " cannot be dequantized");
-    }
+    model.token_embd = bind.token_embedding(h.n_embd, h.n_vocab);
 
     const GGUFValue &ratios = block_array(file, "attention.compress_ratios", h.n_layer);
     const GGUFValue &clamp_exp = block_array(file, "swiglu_clamp_exp", h.n_layer);

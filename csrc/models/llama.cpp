@@ -72,18 +72,7 @@ LlamaModel llama_load(const GGUFFile &file, const LlamaVariant &variant) {
     h = read_hparams(file, variant);
     TensorBinder bind(file);
 
-    // n_vocab comes from the embedding itself: the tokenizer's list is checked against it by the tokenizer.
-    const GGUFTensorInfo *embd = file.find_tensor("token_embd.weight");
-    if (!embd) fail(file, "missing tensor 'token_embd.weight'");
-    if (embd->n_dims != 2) {
-        fail(file, "tensor 'token_embd.weight': expected 2 dimensions, found " + std::to_string(embd->n_dims));
-    }
-    h.n_vocab = embd->ne[1];
-    model.token_embd = bind.matrix("token_embd.weight", h.n_embd, h.n_vocab);
-    if (!kernels().dequantize_row[model.token_embd.type]) {
-        fail(file, std::string("tensor 'token_embd.weight': type ") + dtype_traits(model.token_embd.type)->name +
-                       " cannot be dequantized");
-    }
+    model.token_embd = bind.token_embedding(h.n_embd, h.n_vocab);
 
     const int64_t q_dim = h.n_head * h.head_dim, kv_dim = h.n_head_kv * h.head_dim;
     for (int64_t i = 0; i < h.n_layer; ++i) {

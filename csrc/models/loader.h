@@ -57,6 +57,23 @@ public:
         return checked_matrix(name, take(name, {n_cols, n_rows, n_mat}), n_cols, n_rows);
     }
 
+    // token_embd.weight: n_vocab rows of n_embd, of a type the forward pass can dequantize row by row.
+    // n_vocab comes from the embedding itself: the tokenizer's list is checked against it by the tokenizer.
+    WeightMatrix token_embedding(int64_t n_embd, int64_t &n_vocab) {
+        const GGUFTensorInfo *embd = file_.find_tensor("token_embd.weight");
+        if (!embd) fail(file_, "missing tensor 'token_embd.weight'");
+        if (embd->n_dims != 2) {
+            fail(file_, "tensor 'token_embd.weight': expected 2 dimensions, found " + std::to_string(embd->n_dims));
+        }
+        n_vocab = embd->ne[1];
+        const WeightMatrix w = matrix("token_embd.weight", n_embd, n_vocab);
+        if (!kernels().dequantize_row[w.type]) {
+            fail(file_, std::string("tensor 'token_embd.weight': type ") + dtype_traits(w.type)->name +
+                            " cannot be dequantized");
+        }
+        return w;
+    }
+
     // An f32 tensor of the given shape (norm weights, biases, small tables).
     const float *f32(const std::string &name, std::initializer_list<int64_t> shape) {
         return static_cast<const float *>(typed(name, shape, DTYPE_F32, "f32"));

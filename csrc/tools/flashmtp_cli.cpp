@@ -67,6 +67,20 @@ T parse_number(const std::string &option, const std::string &text) {
     return value;
 }
 
+// The options run and chat share (length, sampling, threads): option a with value v. False if a is none.
+bool parse_generation_option(const std::string &a, const std::string &v, flashmtp::GenerateParams &params,
+                             int &n_threads) {
+    if (a == "-n" || a == "--max-tokens") params.max_tokens = parse_number<int>(a, v);
+    else if (a == "--temp") params.sampler.temperature = parse_number<float>(a, v);
+    else if (a == "--top-k") params.sampler.top_k = parse_number<int32_t>(a, v);
+    else if (a == "--top-p") params.sampler.top_p = parse_number<float>(a, v);
+    else if (a == "--min-p") params.sampler.min_p = parse_number<float>(a, v);
+    else if (a == "--seed") params.sampler.seed = parse_number<uint64_t>(a, v);
+    else if (a == "-t" || a == "--threads") n_threads = parse_number<int>(a, v);
+    else return false;
+    return true;
+}
+
 int cmd_run(const Args &args) {
     std::string model;
     std::optional<std::string> prompt;  // "" is a prompt (BOS only), so absence is tracked apart
@@ -78,13 +92,7 @@ int cmd_run(const Args &args) {
         const std::string &v = args[++i];
         if (a == "-m" || a == "--model") model = v;
         else if (a == "-p" || a == "--prompt") prompt = v;
-        else if (a == "-n" || a == "--max-tokens") params.max_tokens = parse_number<int>(a, v);
-        else if (a == "--temp") params.sampler.temperature = parse_number<float>(a, v);
-        else if (a == "--top-k") params.sampler.top_k = parse_number<int32_t>(a, v);
-        else if (a == "--top-p") params.sampler.top_p = parse_number<float>(a, v);
-        else if (a == "--min-p") params.sampler.min_p = parse_number<float>(a, v);
-        else if (a == "--seed") params.sampler.seed = parse_number<uint64_t>(a, v);
-        else if (a == "-t" || a == "--threads") n_threads = parse_number<int>(a, v);
+        else if (parse_generation_option(a, v, params, n_threads)) continue;
         else if (a == "-c" || a == "--ctx") params.n_ctx = parse_number<int>(a, v);
         else throw UsageError{"unknown option '" + a + "'"};
     }
@@ -126,13 +134,7 @@ int cmd_chat(const Args &args) {
         const std::string &v = args[++i];
         if (a == "-m" || a == "--model") model = v;
         else if (a == "--system") system = v;
-        else if (a == "-n" || a == "--max-tokens") params.max_tokens = parse_number<int>(a, v);
-        else if (a == "--temp") params.sampler.temperature = parse_number<float>(a, v);
-        else if (a == "--top-k") params.sampler.top_k = parse_number<int32_t>(a, v);
-        else if (a == "--top-p") params.sampler.top_p = parse_number<float>(a, v);
-        else if (a == "--min-p") params.sampler.min_p = parse_number<float>(a, v);
-        else if (a == "--seed") params.sampler.seed = parse_number<uint64_t>(a, v);
-        else if (a == "-t" || a == "--threads") n_threads = parse_number<int>(a, v);
+        else if (parse_generation_option(a, v, params, n_threads)) continue;
         else if (a == "-c" || a == "--ctx") n_ctx = parse_number<int>(a, v);
         else throw UsageError{"unknown option '" + a + "'"};
     }
