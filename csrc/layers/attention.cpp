@@ -33,7 +33,7 @@ float sum_floats(const float *x, int64_t n) {
 }
 
 // kLanes floats as one value (GCC/Clang vector extension: one AVX-512 register, or two AVX2 or four SSE ones
-// in a portable build). GCC keeps a float[kLanes] accumulator below in scalar registers, one per lane.
+// in a portable build). A float[kLanes] accumulator is not vectorized by GCC: it keeps one scalar per lane.
 typedef float FloatLanes __attribute__((vector_size(kLanes * sizeof(float))));
 
 FloatLanes load_lanes(const float *p) {
@@ -66,8 +66,8 @@ void weighted_sums(const float *weights, int64_t weights_stride, const float *v,
     }
 }
 
-// scores [n_q, n_ctx] columns j0..j0+n_keys: the n_q queries q [n_q, head_dim] against keys j0.. of one head of
-// the transposed cache k_t [head_dim, k_stride] (key j's element d at d * k_stride + j), times scale. A key's
+// scores [NQ, scores_stride] columns 0..n_keys: the NQ queries q [NQ, head_dim] against keys 0..n_keys of one
+// head of the transposed cache k_t [head_dim, k_stride] (key j's element d at d * k_stride + j), times scale. A key's
 // score is the dot product in element order, one multiply and one add per element, whether its lane is
 // part of a kLanes block or of the scalar tail: the same bits wherever a key falls. Lanes run over keys, so
 // there is no horizontal sum, and each load of kLanes keys serves every query.
