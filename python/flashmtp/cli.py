@@ -1,6 +1,6 @@
 """The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
 ``flashmtp chat -m MODEL``, ``flashmtp convert HF_DIR -o OUT.gguf``, ``flashmtp bench kernels``,
-``flashmtp bench decode -m MODEL``."""
+``flashmtp bench decode -m MODEL``, ``flashmtp bench v4slice``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,12 @@ def _run_chat(args: argparse.Namespace) -> int:
     from flashmtp.chat_cli import run_chat
 
     return run_chat(args)
+
+
+def _run_bench_v4slice(args: argparse.Namespace) -> int:
+    from flashmtp.bench.v4slice import run_bench_v4slice
+
+    return run_bench_v4slice(args)
 
 
 def _run_bench_decode(args: argparse.Namespace) -> int:
@@ -146,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     # The bandwidth probe's buffer (far above the last-level cache); the smoke test shrinks it.
     decode.add_argument("--bandwidth-mb", type=float, default=1024.0, help=argparse.SUPPRESS)
     decode.set_defaults(run=_run_bench_decode)
+    v4slice = bench_sub.add_parser("v4slice", help="decode and verify speed of a 2-layer V4-Flash-shaped "
+                                                   "random model, projected to the 43-layer model")
+    from flashmtp.bench.v4slice import add_arguments
+
+    add_arguments(v4slice)
+    v4slice.set_defaults(run=_run_bench_v4slice)
     return parser
 
 
