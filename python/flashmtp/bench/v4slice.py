@@ -280,7 +280,7 @@ class _LlamaCpp:
 def _median_seconds(runner: Any, w: Workload, tokens: np.ndarray, head: bool) -> float:
     times = []
     runner.rewind(w.prompt)
-    runner.decode(tokens, head)  # untimed: the first batch of a size builds its buffers (llama.cpp: its graph)
+    runner.decode(tokens, head)  # untimed: a new batch size builds its buffers (llama.cpp: its graph)
     for _ in range(w.repeats):
         runner.rewind(w.prompt)
         start = time.perf_counter()
