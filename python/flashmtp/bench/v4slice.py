@@ -253,14 +253,16 @@ class _Flashmtp:
 
 
 class _LlamaCpp:
-    """llama.cpp's context through the C API (as flashmtp.bench.decode drives it), flash attention on."""
+    """llama.cpp's context through the C API (as flashmtp.bench.decode drives it), flash attention on. Its
+    batches (``llama_batch_get_one``) output the last token's logits only, so its verify times lack n - 1
+    head products that flashmtp's include."""
 
     def __init__(self, path: str, threads: int, n_ctx: int) -> None:
         import llama_cpp
 
         self.lib = llama_cpp
         self.llm = llama_cpp.Llama(path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
-                                   n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, flash_attn=True,
+                                   n_batch=n_ctx, n_ubatch=n_ctx, logits_all=False, flash_attn=True,
                                    verbose=True)  # its log goes to a file: _worker reports the error line
         self.memory = llama_cpp.llama_get_memory(self.llm.ctx)
         self.n_past = 0
@@ -277,34 +279,26 @@ class _LlamaCpp:
         self.n_past += len(tokens)
 
 
-def _median_seconds(runner: Any, w: Workload, tokens: np.ndarray, head: bool) -> float:
-    times = []
-    runner.rewind(w.prompt)
-    runner.decode(tokens, head)  # untimed: a new batch size builds its buffers (llama.cpp: its graph)
-    for _ in range(w.repeats):
-        runner.rewind(w.prompt)
-        start = time.perf_counter()
-        runner.decode(tokens, head)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(engine: str, path: str, threads: int, w: Workload, n_vocab: int) -> dict[str, float]:
     """Median seconds of one decode of n = 1..max_batch tokens after the prompt (``t{n}``), and for flashmtp
-    the same without the head (``body{n}``)."""
+    the same without the head (``body{n}``). The figures are timed in turns, one decode of each per round,
+    so that a slow spell of a shared machine falls on all of them alike rather than on one."""
     runner = (_Flashmtp if engine == FLASHMTP else _LlamaCpp)(path, threads, w.prompt + w.max_batch + 8)
     ids = np.random.default_rng(1).integers(0, n_vocab, w.prompt + w.max_batch).astype(np.int32)
-    runner.decode(ids[:w.prompt])
-    for _ in range(w.warmup):
-        runner.rewind(w.prompt)
-        runner.decode(ids[w.prompt:w.prompt + 1])
-    seconds = {}
-    for n in range(1, w.max_batch + 1):
-        batch = ids[w.prompt:w.prompt + n]
-        seconds[f"t{n}"] = _median_seconds(runner, w, batch, True)
-        if engine == FLASHMTP:
-            seconds[f"body{n}"] = _median_seconds(runner, w, batch, False)
-    return seconds
+    runner.decode(ids[:w.prompt], head=False)
+    figures = [(f"t{n}", n, True) for n in range(1, w.max_batch + 1)]
+    if engine == FLASHMTP:
+        figures += [(f"body{n}", n, False) for n in range(1, w.max_batch + 1)]
+    times: dict[str, list[float]] = {name: [] for name, _, _ in figures}
+    # Untimed rounds first: a new batch size builds its buffers (llama.cpp: its graph).
+    for round_ in range(w.warmup + w.repeats):
+        for name, n, head in figures:
+            runner.rewind(w.prompt)
+            start = time.perf_counter()
+            runner.decode(ids[w.prompt:w.prompt + n], head)
+            if round_ >= w.warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _worker(conn: Connection, engine: str, path: str, threads: int, w: Workload, n_vocab: int) -> None:
@@ -417,8 +411,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", type=int, default=256, help="tokens decoded before the timed decodes")
     parser.add_argument("--max-batch", type=int, default=6, help="verify batches of 1..this many tokens")
-    parser.add_argument("--repeats", type=int, default=5, help="timed decodes per figure (median)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed single-token decodes first")
+    parser.add_argument("--repeats", type=int, default=9, help="timed decodes per figure (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds of every figure first")
     parser.add_argument("--no-llama-cpp", action="store_true", help="measure flashmtp only")
     parser.add_argument("--csv", default="", help="also write the table here as CSV")
     parser.add_argument("--cache-dir", default="", help=f"where slices are cached (default {CACHE_DIR})")
