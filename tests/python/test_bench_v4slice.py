@@ -89,3 +89,13 @@ def test_cli_prints_table_and_csv(capsys: pytest.CaptureFixture[str], tmp_path: 
                    "verify 2 tokens / 1 token", "verify 3 / 1, layers only"):
         assert (figure, "flashmtp") in figures
     assert not any(r[1] == "llama.cpp" for r in rows[1:])
+
+
+def test_llama_cpp_column(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """llama-cpp-python 0.3.36's llama.cpp loads deepseek4 files: its figures join the table."""
+    pytest.importorskip("llama_cpp")
+    args = ["bench", "v4slice", "--dims", "tiny", "--cache-dir", str(tmp_path), "--prompt", "260",
+            "--max-batch", "2", "--repeats", "1", "--warmup", "1", "--bandwidth-mb", "16", "--quiet"]
+    assert main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert any(r[-2:-1] == ["llama.cpp"] and r[:2] == ["verify", "2"] for r in rows), rows

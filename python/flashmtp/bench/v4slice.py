@@ -43,7 +43,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from flashmtp.convert import deepseek4
+from flashmtp.convert import _add_kv, deepseek4
 from flashmtp.convert.deepseek4 import Deepseek4Params, TensorSpec
 from flashmtp.convert.recipes import TensorClass, find_recipe, tensor_type
 
@@ -175,8 +175,6 @@ def build_slice(dims: str, experts: str, cache_dir: Path = CACHE_DIR, progress: 
     writer.add_name(f"v4slice-{dims}")
     writer.add_file_type(find_recipe(experts).file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    from flashmtp.convert import _add_kv
-
     for key, value in deepseek4.metadata(p, p.n_layer).items():
         _add_kv(writer, key, value)
     with tempfile.TemporaryDirectory() as tmp:
