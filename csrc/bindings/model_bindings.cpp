@@ -37,7 +37,7 @@ py::array_t<float> session_decode(Session &session, const py::array &tokens_in, 
 }  // namespace
 
 void bind_model(py::module_ &m) {
-    py::class_<Session>(m, "Session", "One timeline over an Engine: the KV cache and the position.")
+    py::class_<Session>(m, "Session", "One timeline over an Engine: its per-sequence state (KV cache, attention rings) and position.")
         .def("decode", &session_decode, py::arg("tokens"), py::arg("n_logits") = py::none(),
              "Decode token ids (1-D int32) in one batch; returns float32 logits [n_logits, n_vocab] of the last"
              " n_logits tokens (default: all; 1: the next token's; 0: none).")

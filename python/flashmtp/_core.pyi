@@ -67,7 +67,7 @@ class ThreadPool:
         ...
 class Session:
     """
-    One timeline over an Engine: the KV cache and the position.
+    One timeline over an Engine: its per-sequence state (KV cache, attention rings) and position.
     """
     def decode(self, tokens: numpy.ndarray, n_logits: typing.SupportsInt | typing.SupportsIndex | None = None) -> numpy.typing.NDArray[numpy.float32]:
         """
