@@ -23,6 +23,9 @@ void bind_hyper(pybind11::module_ &m);      // hyper_bindings.cpp: DeepSeek-V4 H
 void bind_ds4_attention(pybind11::module_ &m);  // ds4_attention_bindings.cpp: Ds4Attention, rope freqs
 void bind_moe(pybind11::module_ &m);        // moe_bindings.cpp: moe_route, MoeLayer (DeepSeek-V4 MoE FFN)
 
+// A float32 array argument, converted to C order and float32 by pybind11 when it is not already.
+using FloatArray = pybind11::array_t<float, pybind11::array::c_style | pybind11::array::forcecast>;
+
 // Bytes of a row of n elements of type t. ValueError (naming `what`) unless n is a non-negative multiple of
 // the block size whose row size fits in memory.
 size_t checked_row_bytes(const DTypeTraits &t, int64_t n, const std::string &what);

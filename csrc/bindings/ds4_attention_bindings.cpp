@@ -32,7 +32,7 @@ Ds4AttentionKind kind_named(const std::string &name) {
 class PyDs4Attention {
 public:
     PyDs4Attention(const py::dict &shape, const py::dict &matrices, const py::dict &vectors,
-                   py::array_t<float, py::array::c_style | py::array::forcecast> rope_freqs, int n_threads)
+                   FloatArray rope_freqs, int n_threads)
         : pool_(n_threads) {
         const auto get = [&](const char *key) {
             if (!shape.contains(key)) throw py::value_error(std::string("Ds4Attention: shape lacks '") + key + "'");
@@ -67,7 +67,7 @@ public:
         };
         const auto vector = [&](const char *name) -> const float * {
             if (!vectors.contains(name)) return nullptr;
-            const auto v = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(vectors[name]);
+            const auto v = FloatArray::ensure(vectors[name]);
             return reinterpret_cast<const float *>(keep(v.data(), size_t(v.nbytes())));
         };
         weights_.q_a = matrix("q_a");
@@ -91,7 +91,7 @@ public:
         ds4_attention_state_init(shape_, state_);
     }
 
-    py::array_t<float> forward(py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+    py::array_t<float> forward(FloatArray x) {
         if (x.ndim() != 2 || x.shape(1) != shape_.n_embd) {
             throw py::value_error("Ds4Attention.forward: x must be float32 [n_tokens, " +
                                   std::to_string(shape_.n_embd) + "]");
@@ -135,7 +135,7 @@ void bind_ds4_attention(py::module_ &m) {
     py::class_<PyDs4Attention>(m, "Ds4Attention",
                                "One DeepSeek-V4 attention layer with one sequence's state (layers/ds4_attention.h).")
         .def(py::init<const py::dict &, const py::dict &, const py::dict &,
-                      py::array_t<float, py::array::c_style | py::array::forcecast>, int>(),
+                      FloatArray, int>(),
              py::arg("shape"), py::arg("matrices"), py::arg("vectors"), py::arg("rope_freqs"),
              py::arg("n_threads") = 1,
              "shape: kind ('window' | 'hca' | 'csa'), n_embd, n_head, head_dim, n_rot, q_lora_rank, o_groups, "

@@ -25,7 +25,6 @@ namespace flashmtp {
 
 namespace {
 
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 ThreadPool &shared_pool(int n_threads) {
     static std::mutex mutex;

@@ -33,7 +33,7 @@ Isa isa_from_name(const std::string &name) {
 
 
 // float32 [n] -> uint8 [row bytes]
-py::array_t<uint8_t> quantize(uint32_t type, py::array_t<float, py::array::c_style | py::array::forcecast> x,
+py::array_t<uint8_t> quantize(uint32_t type, FloatArray x,
                               const std::string &isa) {
     const DTypeTraits &t = traits_or_throw(type);
     const int64_t n = int64_t(x.size());
@@ -73,8 +73,8 @@ py::array_t<float> dequantize(uint32_t type, const py::array &raw, int64_t n, co
 }
 
 // SwiGLU of float32 arrays of one shape -> a new float32 array (the kernel works in place on a copy of gate).
-py::array_t<float> swiglu(py::array_t<float, py::array::c_style | py::array::forcecast> gate,
-                          py::array_t<float, py::array::c_style | py::array::forcecast> up, float limit,
+py::array_t<float> swiglu(FloatArray gate,
+                          FloatArray up, float limit,
                           const std::string &isa) {
     if (gate.ndim() != up.ndim() || !std::equal(gate.shape(), gate.shape() + gate.ndim(), up.shape())) {
         throw py::value_error("swiglu: gate and up must have the same shape");
@@ -136,7 +136,7 @@ void bind_kernels(py::module_ &m) {
           "Quantize a float32 row to raw blocks of `type` (uint8 array).");
     m.def("dequantize", &dequantize, py::arg("type"), py::arg("raw"), py::arg("n"), py::arg("isa") = "",
           "Dequantize raw blocks of `type` holding n elements to float32.");
-    m.def("exp_row", [](py::array_t<float, py::array::c_style | py::array::forcecast> x, float shift,
+    m.def("exp_row", [](FloatArray x, float shift,
                         const std::string &isa) {
         py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
         kernel_table_named(isa).exp_row(int64_t(x.size()), x.data(), shift, out.mutable_data());
