@@ -1,6 +1,6 @@
 """The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
 ``flashmtp chat -m MODEL``, ``flashmtp convert HF_DIR -o OUT.gguf``, ``flashmtp bench kernels``,
-``flashmtp bench decode -m MODEL``, ``flashmtp bench v4slice``."""
+``flashmtp bench decode -m MODEL``, ``flashmtp bench v4slice``, ``flashmtp serve -m MODEL``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,12 @@ def _run_chat(args: argparse.Namespace) -> int:
     return run_chat(args)
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    from flashmtp.server import run_serve
+
+    return run_serve(args)
+
+
 def _run_bench_v4slice(args: argparse.Namespace) -> int:
     from flashmtp.bench.v4slice import run_bench_v4slice
 
@@ -116,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("-c", "--ctx", type=int, default=0,
                       help="context positions (0: 4096, at most the training context)")
     chat.set_defaults(run=_run_chat)
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, tools, metrics)")
+    from flashmtp.server import add_arguments as add_serve_arguments
+
+    add_serve_arguments(serve)
+    serve.set_defaults(run=_run_serve)
     convert = sub.add_parser("convert", help="convert a DeepSeek-V4 Hugging Face checkpoint to GGUF")
     convert.add_argument("hf_dir", help="checkpoint directory: config.json, *.safetensors, tokenizer.json")
     convert.add_argument("-o", "--output", required=True,

@@ -1,0 +1,54 @@
+"""`flashmtp serve`: an OpenAI-compatible HTTP server over one model (FastAPI + uvicorn).
+
+    flashmtp serve -m model.gguf --port 8080 --parallel 2
+    client = openai.OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none")
+
+Files: protocol.py (request schemas, errors), app.py (routes), slots.py (sessions, worker threads, queue),
+tools.py (tool-call parsing), metrics.py (Prometheus counters). Needs the ``serve`` extra (fastapi, uvicorn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", required=True,
+                        help="a .gguf file, or a known real model name (see flashmtp.testing.models)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("-c", "--ctx", type=int, default=0,
+                        help="context positions of each slot (0: 4096, at most the training context)")
+    parser.add_argument("-np", "--parallel", type=int, default=1,
+                        help="slots: requests generated concurrently (each its own session); more queue")
+    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503s")
+    parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("--alias", default="", help="model id in the API (default: the file name's stem)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from flashmtp.server.app import create_app
+    except ImportError as e:
+        print(f"flashmtp serve: error: {e.name} is not installed (pip install 'flashmtp[serve]')",
+              file=sys.stderr)
+        return 1
+    from flashmtp.model import Model
+    from flashmtp.testing.models import MODELS, fetch
+
+    try:
+        path = fetch(args.model) if args.model in MODELS else Path(args.model)
+        model = Model(path, threads=args.threads)
+        app = create_app(model, args.alias or Path(path).stem, n_slots=args.parallel, n_ctx=args.ctx or None,
+                         max_queue=args.max_queue)
+    except (ValueError, OSError) as e:  # GGUFError is a ValueError
+        print(f"flashmtp serve: error: {e}", file=sys.stderr)
+        return 1
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
