@@ -53,9 +53,10 @@ Chunks = Callable[[AsyncIterator[Any]], AsyncIterator[dict[str, Any]]]  # a job'
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
-class _CountRequests:
-    """ASGI middleware counting answered requests by endpoint and status (a plain ASGI wrapper, unlike
-    Starlette's BaseHTTPMiddleware, does not buffer streams or hide client disconnects)."""
+class _Middleware:
+    """Counts answered requests by endpoint and status, and reads every POST body as JSON whatever its
+    content type (``curl -d`` sends form encoding; OpenAI-compatible servers accept it). A plain ASGI
+    wrapper: unlike Starlette's BaseHTTPMiddleware it neither buffers streams nor hides disconnects."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -66,6 +67,9 @@ class _CountRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         path = scope["path"]
         endpoint = path if path in ENDPOINTS else "/v1/models/{model}" if path.startswith("/v1/models/") \
             else "other"
@@ -82,9 +86,16 @@ def _error(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
 
+def _is_field(part: object) -> bool:
+    # pydantic's error locations name the branch of a union that failed ("str", "list[TextPart]",
+    # "NamedToolChoice"); the client's field path is the rest (our fields are lower-case identifiers).
+    return isinstance(part, int) or (isinstance(part, str) and part.isidentifier() and part.islower()
+                                     and part not in ("body", "str", "int", "float", "bool", "dict", "list"))
+
+
 def _validation_message(e: RequestValidationError) -> APIError:
     first = e.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if _is_field(p)]
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error") or first.get("msg")
         return APIError(400, f"malformed JSON in the request body: {detail}", code="invalid_json")
@@ -425,5 +436,5 @@ def create_app(model: Model, model_id: str, n_slots: int = 1, n_ctx: int | None 
         return PlainTextResponse(server.metrics.prometheus(server.scheduler.n_slots),
                                  media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(_CountRequests, metrics=server.metrics)
+    app.add_middleware(_Middleware, metrics=server.metrics)
     return app

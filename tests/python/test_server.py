@@ -1,0 +1,389 @@
+"""`flashmtp serve` (python/flashmtp/server): the official ``openai`` client against a server started here on
+loopback (uvicorn in a thread, a free port), plus raw HTTP for malformed requests.
+
+Oracles:
+- text: the Python API on the same model (``Model.generate`` / ``Model.chat``, greedy or the same seed and
+  sampler settings): the server must add nothing and lose nothing. Exact text.
+- concurrency: each prompt's greedy reply alone (sequentially); 8 concurrent clients must get exactly those.
+  Batch-invariant kernels and exact rewind make a slot's cached prefix and a neighbour's load irrelevant.
+- stop sequences: the reply without them, cut before the first occurrence.
+- tool calls: Qwen2.5-Coder-0.5B calls get_weather for "What is the weather in Paris?" (as a fenced bare
+  JSON object); the round trip's prompt is the template rendered from the hand-written conversation.
+- errors: OpenAI's envelope and status (400 / 404) for each kind of bad request; the server answers a good
+  request afterwards.
+- cancellation: a dropped stream frees its slot long before max_tokens (the /metrics token counter).
+The tiny random model covers the fast tests; the fetched Qwen2.5-Coder-0.5B the ones that need language.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs fastapi (pip install 'flashmtp[serve]')")
+pytest.importorskip("uvicorn", reason="the server needs uvicorn (pip install 'flashmtp[serve]')")
+openai = pytest.importorskip("openai", reason="the tests drive the server with the openai client")
+httpx = pytest.importorskip("httpx", reason="raw HTTP requests need httpx")
+
+import uvicorn  # noqa: E402
+from flashmtp.chat import prompt_tokens  # noqa: E402
+from flashmtp.model import Model  # noqa: E402
+from flashmtp.server.app import create_app  # noqa: E402
+from flashmtp.server.slots import StopMatcher  # noqa: E402
+from flashmtp.server.tools import ToolCallStream, parse_tool_calls  # noqa: E402
+from flashmtp.testing.models import fetch_or_skip  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TINY = ROOT / "models" / "tiny-llama.gguf"
+QWEN = "qwen2.5-coder-0.5b-q4_k_m"
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+class Server:
+    def __init__(self, url: str, model: Model, model_id: str) -> None:
+        self.url = url
+        self.model = model
+        self.model_id = model_id
+        self.client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+    def post(self, path: str, body: object = None, content: bytes | None = None) -> httpx.Response:
+        return httpx.post(self.url + path, json=body, content=content, timeout=60)
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+@contextlib.contextmanager
+def serve(model: Model, model_id: str, **kwargs: object) -> Iterator[Server]:
+    app = create_app(model, model_id, **kwargs)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", model, model_id)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Model:
+    return Model(TINY, threads=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model: Model) -> Iterator[Server]:
+    with serve(tiny_model, "tiny", n_slots=3) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def qwen() -> Iterator[Server]:
+    model = Model(fetch_or_skip(QWEN), threads=2)
+    with serve(model, "qwen", n_slots=4, n_ctx=2048) as server:
+        yield server
+
+
+# --- pure functions ---------------------------------------------------------------------------------------
+
+def test_stop_matcher_holds_back_partial_stops() -> None:
+    stop = StopMatcher(["END", "\n\n"])
+    assert stop.feed("abc E") == ("abc ", False)    # "E" may start "END"
+    assert stop.feed("N") == ("", False)
+    assert stop.feed("X\n") == ("ENX", False)
+    assert stop.feed("\nmore") == ("", True)
+    assert StopMatcher([]).feed("x") == ("x", False)
+
+
+def test_parse_tool_calls() -> None:
+    names = {"get_weather"}
+    calls, text = parse_tool_calls('Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "X"}}\n'
+                                   '</tool_call>\n<tool_call>{"name": "get_weather", "arguments": {}}', names)
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "X"}), ("get_weather", {})]
+    assert text == "Sure."
+    fenced = '```json\n{"name": "get_weather", "parameters": {"city": "Y"}}\n```'
+    calls, text = parse_tool_calls(fenced, names)
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Y"})] and text == ""
+    for not_a_call in ['{"name": "other", "arguments": {}}', '{"name": "get_weather", "arguments": 3}',
+                       "<tool_call>not json</tool_call>", "plain text", "{broken"]:
+        assert parse_tool_calls(not_a_call, names) == ([], not_a_call)
+
+
+def test_tool_call_stream_sends_text_holds_calls() -> None:
+    def run(text: str) -> tuple[str, list[str], str]:
+        stream = ToolCallStream({"f"})
+        sent = "".join(stream.feed(ch) for ch in text)
+        calls, rest = stream.finish()
+        return sent, [c.name for c in calls], rest
+
+    assert run('Let me check. <tool_call>{"name": "f", "arguments": {}}</tool_call>') == \
+        ("Let me check. ", ["f"], "")
+    assert run('  {"name": "f", "arguments": {"a": 1}}') == ("", ["f"], "")
+    assert run("a < b and <tool") == ("a < b and ", [], "<tool")
+    assert run("{not a call}") == ("", [], "{not a call}")
+
+
+# --- tiny model: protocol, errors, concurrency ------------------------------------------------------------
+
+def test_models_and_health(tiny: Server) -> None:
+    assert [m.id for m in tiny.client.models.list().data] == ["tiny"]
+    assert tiny.client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError):
+        tiny.client.models.retrieve("gpt-4")
+    health = httpx.get(tiny.url + "/health").json()
+    assert health["status"] == "ok" and health["slots"] == 3
+
+
+def test_completion_matches_python_api(tiny: Server) -> None:
+    prompt = "Once upon a time"
+    expected = tiny.model.generate(prompt, max_tokens=20, temperature=0)
+    r = tiny.client.completions.create(model="tiny", prompt=prompt, max_tokens=20, temperature=0)
+    assert r.choices[0].text == expected
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 20
+    assert r.usage.prompt_tokens == len(tiny.model.tokenize(prompt))
+    streamed = tiny.client.completions.create(model="tiny", prompt=prompt, max_tokens=20, temperature=0,
+                                              stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == expected
+    tokens = tiny.model.tokenize(prompt)
+    by_ids = tiny.client.completions.create(model="tiny", prompt=tokens, max_tokens=20, temperature=0,
+                                            echo=True)
+    assert by_ids.choices[0].text == tiny.model.detokenize(tokens) + expected
+
+
+def test_chat_stream_equals_whole(tiny: Server) -> None:
+    messages = [{"role": "user", "content": "Hello there"}]
+    whole = tiny.client.chat.completions.create(model="tiny", messages=messages, max_tokens=24, temperature=0)
+    chunks = list(tiny.client.chat.completions.create(model="tiny", messages=messages, max_tokens=24,
+                                                      temperature=0, stream=True,
+                                                      stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 24
+    assert chunks[-1].usage.flashmtp == {**whole.usage.flashmtp, **{
+        k: chunks[-1].usage.flashmtp[k] for k in ("prompt_tokens_per_s", "generated_tokens_per_s")}}
+    assert whole.usage.flashmtp["drafted_tokens"] == 0  # no MTP figures from the runtime yet
+
+
+def test_stop_sequences(tiny: Server) -> None:
+    full = tiny.client.completions.create(model="tiny", prompt="abc", max_tokens=40, temperature=0)
+    text = full.choices[0].text
+    stop = text[15:18]
+    expected = text[:text.index(stop)]
+    for stream in (False, True):
+        r = tiny.client.completions.create(model="tiny", prompt="abc", max_tokens=40, temperature=0,
+                                           stop=[stop], stream=stream)
+        chunks = list(r) if stream else [r]
+        assert "".join(c.choices[0].text for c in chunks) == expected
+        assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_seed_reproducible(tiny: Server) -> None:
+    def sample(seed: int) -> str:
+        return tiny.client.completions.create(model="tiny", prompt="x y", max_tokens=32, temperature=1.0,
+                                              seed=seed).choices[0].text
+
+    assert sample(42) == sample(42) == tiny.model.generate("x y", max_tokens=32, temperature=1.0, seed=42)
+    assert sample(42) != sample(43)
+
+
+def test_concurrent_clients_get_their_own_outputs(tiny: Server) -> None:
+    prompts = [f"prompt {i}: " + "ab " * i for i in range(8)]
+
+    def complete(prompt: str) -> str:
+        return tiny.client.completions.create(model="tiny", prompt=prompt, max_tokens=48,
+                                              temperature=0).choices[0].text
+
+    alone = [complete(p) for p in prompts]
+    assert len(set(alone)) > 1
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(complete, prompts * 2)) == alone * 2
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"model": "tiny", "prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "x", "temperature": "hot"}, 400, "temperature"),
+    ({"model": "tiny", "prompt": "x", "stream": 1}, 400, "stream"),
+    ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "x", "max_tokens": 10**12}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ({"model": "tiny", "prompt": "x", "seed": -1}, 400, "seed"),
+    ({"model": "tiny", "prompt": "x", "n": 2}, 400, "n"),
+    ({"model": "tiny", "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    ({"model": "tiny", "prompt": [999999]}, 400, "prompt"),
+    ({"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt"),
+    ({"model": "tiny", "prompt": ""}, 400, "prompt"),
+    ({"model": "tiny"}, 400, "prompt"),
+    ({"model": "gpt-4", "prompt": "x"}, 404, "model"),
+    ({"prompt": "x"}, 400, "model"),
+])
+def test_bad_completion_requests(tiny: Server, body: dict, status: int, param: str) -> None:
+    r = tiny.post("/v1/completions", body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "tiny", "messages": []}, "messages"),
+    ({"model": "tiny", "messages": "hi"}, "messages"),
+    ({"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ({"model": "tiny", "messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": 3}]}, "messages.0.content"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
+     "tools.0.function"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": WEATHER,
+      "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"model": "tiny", "messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]},
+     "messages.0.tool_calls.0.function.arguments"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_bad_chat_requests(tiny: Server, body: dict, param: str) -> None:
+    r = tiny.post("/v1/chat/completions", body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_malformed_and_oversized_requests(tiny: Server) -> None:
+    r = tiny.post("/v1/chat/completions", content=b'{"model": "tiny", "messages": [')
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    # Any content type is read as JSON (curl -d sends form encoding).
+    r = httpx.post(tiny.url + "/v1/completions", content=b'{"model": "tiny", "prompt": "x", "max_tokens": 1}',
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 1
+    long_prompt = "word " * 400  # > 256 positions (the tiny model's context)
+    with pytest.raises(openai.BadRequestError) as e:
+        tiny.client.completions.create(model="tiny", prompt=long_prompt, max_tokens=4)
+    assert e.value.code == "context_length_exceeded"
+    r = tiny.post("/v1/nothing", {})
+    assert r.status_code == 404 and "error" in r.json()
+    # The server is still healthy.
+    r = tiny.client.completions.create(model="tiny", prompt="ok", max_tokens=2)
+    assert r.usage.completion_tokens == 2
+
+
+def test_metrics(tiny: Server) -> None:
+    before = tiny.metric("flashmtp_generated_tokens_total")
+    tiny.client.completions.create(model="tiny", prompt="count", max_tokens=7, temperature=0)
+    assert tiny.metric("flashmtp_generated_tokens_total") == before + 7
+    text = httpx.get(tiny.url + "/metrics").text
+    assert 'flashmtp_requests_total{endpoint="/v1/completions",status="200"}' in text
+    assert "flashmtp_mtp_acceptance_ratio" in text and tiny.metric("flashmtp_slots") == 3
+
+
+# --- Qwen2.5-Coder-0.5B: language, tools, cancellation ----------------------------------------------------
+
+def test_qwen_chat_matches_python_api(qwen: Server) -> None:
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2+2?"}]
+    expected = qwen.model.chat(messages, max_tokens=24, temperature=0)
+    r = qwen.client.chat.completions.create(model="qwen", messages=messages, max_tokens=24, temperature=0)
+    assert r.choices[0].message.content == expected and "4" in expected
+    streamed = qwen.client.chat.completions.create(model="qwen", messages=messages, max_tokens=24,
+                                                   temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+
+
+def test_qwen_stop_and_seed(qwen: Server) -> None:
+    messages = [{"role": "user", "content": "List three fruits, one per line."}]
+    full = qwen.client.chat.completions.create(model="qwen", messages=messages, max_tokens=20, temperature=0)
+    text = full.choices[0].message.content
+    assert "\n" in text.strip()
+    cut = qwen.client.chat.completions.create(model="qwen", messages=messages, max_tokens=20, temperature=0,
+                                              stop=["\n"])
+    assert cut.choices[0].message.content == text[:text.index("\n")]
+    assert cut.choices[0].finish_reason == "stop"
+
+    def sampled(seed: int) -> str:
+        return qwen.client.chat.completions.create(model="qwen", messages=messages, max_tokens=16,
+                                                   temperature=1.0, seed=seed).choices[0].message.content
+
+    assert sampled(7) == sampled(7) == qwen.model.chat(messages, max_tokens=16, temperature=1.0, seed=7)
+
+
+def test_qwen_tool_call_round_trip(qwen: Server) -> None:
+    messages: list[dict] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = qwen.client.chat.completions.create(model="qwen", messages=messages, tools=WEATHER, max_tokens=48,
+                                            temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+
+    # Streamed: the same call, no text.
+    chunks = list(qwen.client.chat.completions.create(model="qwen", messages=messages, tools=WEATHER,
+                                                      max_tokens=48, temperature=0, stream=True))
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks)
+    streamed_calls = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in streamed_calls] == \
+        [("get_weather", {"city": "Paris"})]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # The tool's answer goes back: the prompt is the template rendered from the conversation.
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "Cloudy, 18 degrees Celsius"}]
+    r2 = qwen.client.chat.completions.create(model="qwen", messages=messages, tools=WEATHER, max_tokens=8,
+                                             temperature=0)
+    rendered = qwen.model.chat_template.render([
+        messages[0],
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        messages[2]], tools=WEATHER)
+    assert "<tool_response>\nCloudy, 18 degrees Celsius\n</tool_response>" in rendered
+    assert r2.usage.prompt_tokens == len(prompt_tokens(qwen.model.tokenizer, rendered))
+    assert r2.usage.prompt_tokens_details.cached_tokens > 0  # the first turn's tokens stayed in a slot
+
+    # tool_choice "none": no tools offered, plain text back.
+    r3 = qwen.client.chat.completions.create(model="qwen", messages=messages[:1], tools=WEATHER,
+                                             tool_choice="none", max_tokens=8, temperature=0)
+    assert r3.choices[0].message.tool_calls is None
+    assert r3.choices[0].message.content == qwen.model.chat(messages[:1], max_tokens=8, temperature=0)
+
+
+def test_qwen_disconnect_cancels_generation(qwen: Server) -> None:
+    before = qwen.metric("flashmtp_generated_tokens_total")
+    body = {"model": "qwen", "messages": [{"role": "user", "content": "Count from 1 to 2000, one per line."}],
+            "max_tokens": 1500, "temperature": 0, "stream": True}
+    with httpx.stream("POST", qwen.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        assert sum(1 for _, line in zip(range(12), lines, strict=False) if line.startswith("data:")) == 6
+    deadline = time.monotonic() + 30
+    while httpx.get(qwen.url + "/health").json()["slots_busy"]:
+        assert time.monotonic() < deadline, "the dropped stream's generation is still running"
+        time.sleep(0.1)
+    assert qwen.metric("flashmtp_generated_tokens_total") - before < 200
+
+
+@pytest.mark.slow  # about 20 s on 2 cores: 8 prompts twice through a 0.5B model
+def test_qwen_concurrent_clients_match_alone(qwen: Server) -> None:
+    topics = ["cats", "the sea", "Python", "rain", "chess", "bread", "mountains", "jazz"]
+
+    def ask(topic: str) -> str:
+        return qwen.client.chat.completions.create(
+            model="qwen", messages=[{"role": "user", "content": f"Write one sentence about {topic}."}],
+            max_tokens=16, temperature=0).choices[0].message.content
+
+    alone = [ask(t) for t in topics]
+    assert len(set(alone)) == len(topics)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(ask, topics)) == alone
