@@ -96,10 +96,25 @@ def tiny(tiny_model: Model) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def qwen() -> Iterator[Server]:
-    model = Model(fetch_or_skip(QWEN), threads=2)
-    with serve(model, "qwen", n_slots=4, n_ctx=2048) as server:
+def qwen_model() -> Model:
+    return Model(fetch_or_skip(QWEN), threads=2)
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_model: Model) -> Iterator[Server]:
+    with serve(qwen_model, "qwen", n_slots=4, n_ctx=2048) as server:
         yield server
+
+
+COUNTING = {"model": "qwen", "messages": [{"role": "user", "content": "Count from 1 to 2000, one per line."}],
+            "max_tokens": 1500, "temperature": 0, "stream": True}  # no end-of-generation token for minutes
+
+
+def wait_for(server: Server, key: str, value: int, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while httpx.get(server.url + "/health").json()[key] != value:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 # --- pure functions ---------------------------------------------------------------------------------------
@@ -362,16 +377,32 @@ def test_qwen_tool_call_round_trip(qwen: Server) -> None:
 
 def test_qwen_disconnect_cancels_generation(qwen: Server) -> None:
     before = qwen.metric("flashmtp_generated_tokens_total")
-    body = {"model": "qwen", "messages": [{"role": "user", "content": "Count from 1 to 2000, one per line."}],
-            "max_tokens": 1500, "temperature": 0, "stream": True}
-    with httpx.stream("POST", qwen.url + "/v1/chat/completions", json=body, timeout=60) as r:
+    with httpx.stream("POST", qwen.url + "/v1/chat/completions", json=COUNTING, timeout=60) as r:
         lines = r.iter_lines()
         assert sum(1 for _, line in zip(range(12), lines, strict=False) if line.startswith("data:")) == 6
-    deadline = time.monotonic() + 30
-    while httpx.get(qwen.url + "/health").json()["slots_busy"]:
-        assert time.monotonic() < deadline, "the dropped stream's generation is still running"
-        time.sleep(0.1)
+    wait_for(qwen, "slots_busy", 0, "the dropped stream's generation is still running")
     assert qwen.metric("flashmtp_generated_tokens_total") - before < 200
+
+
+def test_qwen_queue(qwen_model: Model) -> None:
+    """One slot, one queue place: a queued client that gives up leaves the queue; a full queue answers 503;
+    a queued request runs once the slot frees."""
+    with serve(qwen_model, "qwen", n_slots=1, max_queue=1) as server, \
+            httpx.stream("POST", server.url + "/v1/chat/completions", json=COUNTING, timeout=60) as running:
+        lines = (line for line in running.iter_lines() if line.startswith("data:"))
+        next(lines), next(lines)  # the role, then the first token: the slot is taken
+        quick = {"model": "qwen", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        with pytest.raises(httpx.ReadTimeout):  # queued behind the running stream, then the client gives up
+            httpx.post(server.url + "/v1/chat/completions", json=quick, timeout=1.0)
+        wait_for(server, "queued", 0, "a disconnected client stayed in the queue")
+        with ThreadPoolExecutor(1) as pool:
+            queued = pool.submit(server.client.chat.completions.create, **quick)
+            wait_for(server, "queued", 1, "the second request did not queue")
+            with pytest.raises(openai.InternalServerError) as e:  # 503: the queue is full
+                server.client.chat.completions.create(**quick)
+            assert e.value.status_code == 503 and e.value.code == "queue_full"
+            running.close()  # frees the slot for the queued request
+            assert queued.result(timeout=60).usage.completion_tokens <= 2
 
 
 @pytest.mark.slow  # about 20 s on 2 cores: 8 prompts twice through a 0.5B model

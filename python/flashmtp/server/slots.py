@@ -94,10 +94,14 @@ class Job:
     min_p: float
     seed: int
     stop: Sequence[str] = ()
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)  # read by the worker thread
+    waiting: asyncio.Future[_Slot] | None = None  # while queued for a slot
 
     def cancel(self) -> None:
+        """Stop the generation before its next token, or leave the queue (call from the event loop)."""
         self.cancelled.set()
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_exception(APIError(499, "the client closed the request", code="client_closed"))
 
 
 @dataclass
@@ -141,10 +145,10 @@ class Scheduler:
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def _acquire(self, prompt: Sequence[int]) -> _Slot:
+    async def _acquire(self, job: Job) -> _Slot:
         if self._free:
             # Longest shared prefix first (least decode work); among equals the least recently used.
-            slot = max(self._free, key=lambda s: (_common_prefix(s.cached, prompt), -s.last_used))
+            slot = max(self._free, key=lambda s: (_common_prefix(s.cached, job.prompt), -s.last_used))
             self._free.remove(slot)
         else:
             if len(self._waiters) >= self.max_queue:
@@ -152,16 +156,18 @@ class Scheduler:
                                     "queued; retry later", type="server_error", code="queue_full")
             waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
+            job.waiting = waiter
             self.metrics.queued(+1)
             try:
-                slot = await waiter  # handed over by _release, in FIFO order
-            except asyncio.CancelledError:
+                slot = await waiter  # handed over by _release in FIFO order, or failed by Job.cancel
+            except (asyncio.CancelledError, APIError):
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-                elif waiter.done() and not waiter.cancelled():
+                elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     self._release(waiter.result())  # handed a slot, then cancelled before using it
                 raise
             finally:
+                job.waiting = None
                 self.metrics.queued(-1)
         slot.last_used = next(self._uses)
         return slot
@@ -176,7 +182,7 @@ class Scheduler:
 
     async def run(self, job: Job) -> AsyncIterator[Event]:
         """The job's events, ending with Done or Failed. Closing the iterator early cancels the job."""
-        slot = await self._acquire(job.prompt)
+        slot = await self._acquire(job)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
