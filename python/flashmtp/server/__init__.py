@@ -5,6 +5,17 @@
 
 Files: protocol.py (request schemas, errors), app.py (routes), slots.py (sessions, worker threads, queue),
 tools.py (tool-call parsing), metrics.py (Prometheus counters). Needs the ``serve`` extra (fastapi, uvicorn).
+
+Fuzzing against the server's own OpenAPI schema (``pip install schemathesis``)::
+
+    flashmtp serve -m models/tiny-llama.gguf --port 18433 --parallel 2 &
+    st run http://127.0.0.1:18433/openapi.json --checks all --exclude-checks positive_data_acceptance \
+        --phases examples,fuzzing,stateful --max-examples 300 --workers 2
+
+positive_data_acceptance is left out because some schema-valid requests are refused by design with a 4xx
+naming the reason (a prompt over the context, n > 1, best_of, a tool message without content); the
+coverage phase is left out because schemathesis 4.32 crashes in it (hypothesis' lambda-source AST cache).
+2026-11-28: 2713 cases, all passed (no 5xx, responses match the schema, server healthy afterwards).
 """
 
 from __future__ import annotations
@@ -50,5 +61,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
         print(f"flashmtp serve: error: {e}", file=sys.stderr)
         return 1
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # A stream still open at shutdown (Ctrl-C) gets a few seconds, then its generation is stopped.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

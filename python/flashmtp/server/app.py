@@ -35,6 +35,7 @@ from flashmtp.server.protocol import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
+    ErrorResponse,
     unsupported,
 )
 from flashmtp.server.slots import Done, Failed, Job, Scheduler
@@ -397,17 +398,28 @@ def create_app(model: Model, model_id: str, n_slots: int = 1, n_ctx: int | None 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _error(APIError(e.status_code, str(e.detail), type="invalid_request_error"))
+        response = _error(APIError(e.status_code, str(e.detail)))
+        response.headers.update(e.headers or {})  # a 405's Allow
+        return response
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, e: Exception) -> JSONResponse:
         return _error(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
 
-    @app.post("/v1/chat/completions")
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorResponse, "description": "a malformed, invalid or unsupported request"},
+        404: {"model": ErrorResponse, "description": "unknown model"}}
+    generation_responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "the completion (JSON), or with stream=true server-sent events of chunks",
+              "content": {"text/event-stream": {}}},
+        **errors,
+        503: {"model": ErrorResponse, "description": "the request queue is full"}}
+
+    @app.post("/v1/chat/completions", responses=generation_responses)
     async def _chat(request: Request, body: ChatCompletionRequest) -> Any:
         return await chat_completions(server, request, body)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=generation_responses)
     async def _completions(request: Request, body: CompletionRequest) -> Any:
         return await completions(server, request, body)
 
@@ -420,7 +432,7 @@ def create_app(model: Model, model_id: str, n_slots: int = 1, n_ctx: int | None 
     async def _models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_name:path}")
+    @app.get("/v1/models/{model_name:path}", responses=errors)
     async def _model(model_name: str) -> dict[str, Any]:
         server.check_model(model_name)
         return model_card()
@@ -436,5 +448,22 @@ def create_app(model: Model, model_id: str, n_slots: int = 1, n_ctx: int | None 
         return PlainTextResponse(server.metrics.prometheus(server.scheduler.n_slots),
                                  media_type="text/plain; version=0.0.4")
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # Validation errors are answered 400 in OpenAI's envelope, not FastAPI's 422.
+        schema = default_openapi()
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        # One model is served: saying so lets schema-driven clients (and fuzzers) name it.
+        for name in ("ChatCompletionRequest", "CompletionRequest"):
+            components[name]["properties"]["model"]["enum"] = [server.model_id]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_Middleware, metrics=server.metrics)
     return app

@@ -82,7 +82,7 @@ class StopMatcher:
         return held
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs are tracked in a set
 class Job:
     """One request's generation: prompt token ids and sampling settings, run by :meth:`Scheduler.run`."""
 
@@ -132,6 +132,7 @@ class Scheduler:
         self._free = list(self._slots)
         self._waiters: list[asyncio.Future[_Slot]] = []  # FIFO of requests waiting for a slot
         self._uses = itertools.count(1)
+        self._running: set[Job] = set()
         self._executor = ThreadPoolExecutor(n_slots, thread_name_prefix="flashmtp-slot")
 
     @property
@@ -143,6 +144,9 @@ class Scheduler:
         return len(self._waiters)
 
     def shutdown(self) -> None:
+        """Stop every generation at its next token and wait for the worker threads."""
+        for job in list(self._running):
+            job.cancelled.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def _acquire(self, job: Job) -> _Slot:
@@ -191,6 +195,7 @@ class Scheduler:
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         self.metrics.running(+1)
+        self._running.add(job)
         future = loop.run_in_executor(self._executor, self._generate, slot, job, emit)
         try:
             while True:
@@ -202,6 +207,7 @@ class Scheduler:
             job.cancel()  # no-op once the generation has ended
 
             def release(_: object) -> None:
+                self._running.discard(job)
                 self.metrics.running(-1)
                 self._release(slot)
 
