@@ -66,6 +66,12 @@ def _run_chat(args: argparse.Namespace) -> int:
     return run_chat(args)
 
 
+def _run_bench_serve(args: argparse.Namespace) -> int:
+    from flashmtp.bench.serve import run_bench_serve
+
+    return run_bench_serve(args)
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from flashmtp.server import run_serve
 
@@ -169,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(v4slice)
     v4slice.set_defaults(run=_run_bench_v4slice)
+    bench_serve = bench_sub.add_parser("serve", help="requests/s, tokens/s, TTFT and latency of the server "
+                                                     "under N concurrent clients, beside llama.cpp's server")
+    from flashmtp.bench.serve import add_arguments as add_bench_serve_arguments
+
+    add_bench_serve_arguments(bench_serve)
+    bench_serve.set_defaults(run=_run_bench_serve)
     return parser
 
 
