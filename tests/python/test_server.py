@@ -306,6 +306,15 @@ def test_metrics(tiny: Server) -> None:
     assert "flashmtp_mtp_acceptance_ratio" in text and tiny.metric("flashmtp_slots") == 3
 
 
+def test_api_key(tiny_model: Model) -> None:
+    with serve(tiny_model, "tiny", api_key="sesame") as server:
+        with pytest.raises(openai.AuthenticationError):
+            server.client.models.list()
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sesame", max_retries=0)
+        assert client.completions.create(model="tiny", prompt="x", max_tokens=1).usage.completion_tokens == 1
+        assert httpx.get(server.url + "/health").status_code == 200  # not under /v1/
+
+
 # --- Qwen2.5-Coder-0.5B: language, tools, cancellation ----------------------------------------------------
 
 def test_qwen_chat_matches_python_api(qwen: Server) -> None:

@@ -155,7 +155,6 @@ def drive(engine: str, url: str, clients: int, duration_s: float, max_tokens: in
     results: list[Request] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
-    stop_at = time.perf_counter() + duration_s
 
     def client_loop(c: int) -> None:
         with httpx.Client(timeout=600) as http:
@@ -171,8 +170,10 @@ def drive(engine: str, url: str, clients: int, duration_s: float, max_tokens: in
                     results.append(result)
                 index += 1
 
-    stream_request(httpx.Client(timeout=600), url, model, prompt(99, 0), 4)  # warm-up, untimed
+    with httpx.Client(timeout=600) as http:
+        stream_request(http, url, model, prompt(99, 0), 4)  # warm-up, untimed
     t0 = time.perf_counter()
+    stop_at = t0 + duration_s
     threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()

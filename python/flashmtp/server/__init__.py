@@ -21,6 +21,7 @@ coverage phase is left out because schemathesis 4.32 crashes in it (hypothesis' 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="slots: requests generated concurrently (each its own session); more queue")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503s")
     parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("--api-key", default=os.environ.get("FLASHMTP_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1/ (default: $FLASHMTP_API_KEY; none)")
     parser.add_argument("--alias", default="", help="model id in the API (default: the file name's stem)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
@@ -57,7 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
         path = fetch(args.model) if args.model in MODELS else Path(args.model)
         model = Model(path, threads=args.threads)
         app = create_app(model, args.alias or Path(path).stem, n_slots=args.parallel, n_ctx=args.ctx or None,
-                         max_queue=args.max_queue)
+                         max_queue=args.max_queue, api_key=args.api_key)
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
         print(f"flashmtp serve: error: {e}", file=sys.stderr)
         return 1

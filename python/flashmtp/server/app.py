@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import secrets
 import time
@@ -55,13 +56,15 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 
 
 class _Middleware:
-    """Counts answered requests by endpoint and status, and reads every POST body as JSON whatever its
-    content type (``curl -d`` sends form encoding; OpenAI-compatible servers accept it). A plain ASGI
-    wrapper: unlike Starlette's BaseHTTPMiddleware it neither buffers streams nor hides disconnects."""
+    """Counts answered requests by endpoint and status, checks the API key (if the server has one) on
+    /v1/ paths, and reads every POST body as JSON whatever its content type (``curl -d`` sends form
+    encoding; OpenAI-compatible servers accept it). A plain ASGI wrapper: unlike Starlette's
+    BaseHTTPMiddleware it neither buffers streams nor hides disconnects."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, api_key: str | None) -> None:
         self.app = app
         self.metrics = metrics
+        self.authorization = f"Bearer {api_key}".encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
@@ -80,6 +83,13 @@ class _Middleware:
                 self.metrics.request(endpoint, message["status"])
             await send(message)
 
+        if self.authorization and path.startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.authorization):
+                refusal = APIError(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                                   code="invalid_api_key")
+                await _error(refusal)(scope, receive, counting_send)
+                return
         await self.app(scope, receive, counting_send)
 
 
@@ -374,9 +384,10 @@ async def completions(server: _Server, request: Request, body: CompletionRequest
 
 
 def create_app(model: Model, model_id: str, n_slots: int = 1, n_ctx: int | None = None,
-               max_queue: int = 64) -> FastAPI:
+               max_queue: int = 64, api_key: str | None = None) -> FastAPI:
     """The server's ASGI app over a loaded model. n_ctx: positions of each slot's session (default 4096,
-    at most the training context). Slot sessions are allocated here."""
+    at most the training context). Slot sessions are allocated here. With an api_key, /v1/ requests must
+    carry ``Authorization: Bearer API_KEY``."""
     server = _Server(model, model_id, n_slots, n_ctx or min(4096, model.n_ctx_train), max_queue)
 
     @asynccontextmanager
@@ -465,5 +476,5 @@ def create_app(model: Model, model_id: str, n_slots: int = 1, n_ctx: int | None 
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(_Middleware, metrics=server.metrics)
+    app.add_middleware(_Middleware, metrics=server.metrics, api_key=api_key)
     return app

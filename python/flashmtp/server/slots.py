@@ -164,7 +164,7 @@ class Scheduler:
             self.metrics.queued(+1)
             try:
                 slot = await waiter  # handed over by _release in FIFO order, or failed by Job.cancel
-            except (asyncio.CancelledError, APIError):
+            except BaseException:  # cancelled, failed by Job.cancel, or the generator closed
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
                 elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
