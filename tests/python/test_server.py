@@ -17,7 +17,9 @@ The tiny random model covers the fast tests; the fetched Qwen2.5-Coder-0.5B the 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import csv
 import json
 import socket
 import threading
@@ -427,3 +429,37 @@ def test_qwen_concurrent_clients_match_alone(qwen: Server) -> None:
     assert len(set(alone)) == len(topics)
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(ask, topics)) == alone
+
+
+# --- flashmtp bench serve ---------------------------------------------------------------------------------
+
+def bench_serve(tmp_path: Path, model: str, *extra: str) -> list[dict[str, str]]:
+    from flashmtp.bench.serve import add_arguments, run_bench_serve
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "bench.csv"
+    args = parser.parse_args(["-m", model, "--clients", "1,2", "--duration", "0.5", "--max-tokens", "4",
+                              "--ctx", "256", "--csv", str(out), *extra])
+    assert run_bench_serve(args) == 0
+    with open(out) as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_serve_smoke(tmp_path: Path) -> None:
+    rows = bench_serve(tmp_path, str(TINY), "--no-llama-cpp")  # llama.cpp refuses the tiny random file
+    assert [(r["engine"], r["clients"]) for r in rows] == \
+        [("flashmtp (Python API)", "1"), ("flashmtp", "1"), ("flashmtp", "2")]
+    assert all(int(r["requests"]) > 0 and float(r["tok/s"]) > 0 for r in rows)
+
+
+@pytest.mark.slow  # starts both servers on a 94 MB model: about 15 s
+def test_bench_serve_with_llama_cpp(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="llama.cpp's server comes with llama-cpp-python")
+    from flashmtp.bench.serve import llama_cpp_server_unavailable
+
+    if reason := llama_cpp_server_unavailable():
+        pytest.skip(reason)
+    rows = bench_serve(tmp_path, str(fetch_or_skip("smollm2-135m-q4_1")))
+    assert [(r["engine"], r["clients"]) for r in rows][-2:] == [("llama.cpp", "1"), ("llama.cpp", "2")]
+    assert all(int(r["requests"]) > 0 for r in rows)

@@ -35,8 +35,12 @@ from dataclasses import dataclass
 FLASHMTP = "flashmtp"
 LLAMA_CPP = "llama.cpp"
 PYTHON_API = "flashmtp (Python API)"
-TOPICS = ["the sea", "a lighthouse", "bread", "chess", "a red bicycle", "mountains", "rain", "jazz", "owls",
-          "a library", "the moon", "trains"]
+# Coding tasks: the model answers at length, so most requests run to --max-tokens.
+TASKS = ["reverses a string", "checks whether a number is prime", "merges two sorted lists",
+         "counts the words in a text", "flattens a nested list", "parses a CSV line",
+         "returns the n-th Fibonacci number", "removes duplicates from a list", "transposes a matrix",
+         "validates an e-mail address", "converts Roman numerals to integers",
+         "finds the longest common prefix of strings"]
 
 
 @dataclass
@@ -74,8 +78,8 @@ class Run:
 
 
 def prompt(client: int, index: int) -> list[dict[str, str]]:
-    topic = TOPICS[(client * 7 + index) % len(TOPICS)]
-    return [{"role": "user", "content": f"Story {client}-{index}: write a short story about {topic}."}]
+    task = TASKS[(client * 7 + index) % len(TASKS)]
+    return [{"role": "user", "content": f"Task {client}-{index}: write a Python function that {task}."}]
 
 
 def free_port() -> int:
