@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 FLASHMTP = "flashmtp"
 LLAMA_CPP = "llama.cpp"
@@ -101,7 +102,11 @@ def server_process(engine: str, model: str, threads: int, n_ctx: int, parallel: 
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(port), "--host",
                "127.0.0.1", "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx",
                str(n_ctx), "--interrupt_requests", "False", "--verbose", "False"]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The child imports this same flashmtp, installed or a checkout's (bench/bench_serve.py).
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
+    python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path}
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
