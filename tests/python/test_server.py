@@ -292,6 +292,8 @@ def test_malformed_and_oversized_requests(tiny: Server) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         tiny.client.completions.create(model="tiny", prompt=long_prompt, max_tokens=4)
     assert e.value.code == "context_length_exceeded"
+    r = tiny.post("/v1/completions", content=b'{"model": "tiny", "prompt": "' + b"a" * (33 << 20) + b'"}')
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     r = tiny.post("/v1/nothing", {})
     assert r.status_code == 404 and "error" in r.json()
     # The server is still healthy.

@@ -46,6 +46,7 @@ __all__ = ["create_app"]
 
 # llama.cpp server's sampling defaults, for fields a request leaves unset.
 DEFAULT_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+MAX_BODY_BYTES = 32 << 20  # far above any context's worth of text
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
@@ -57,7 +58,8 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 
 class _Middleware:
     """Counts answered requests by endpoint and status, checks the API key (if the server has one) on
-    /v1/ paths, and reads every POST body as JSON whatever its content type (``curl -d`` sends form
+    /v1/ paths, refuses bodies over MAX_BODY_BYTES (parsed on the event loop, they would stall every
+    stream), and reads every POST body as JSON whatever its content type (``curl -d`` sends form
     encoding; OpenAI-compatible servers accept it). A plain ASGI wrapper: unlike Starlette's
     BaseHTTPMiddleware it neither buffers streams nor hides disconnects."""
 
@@ -83,14 +85,28 @@ class _Middleware:
                 self.metrics.request(endpoint, message["status"])
             await send(message)
 
-        if self.authorization and path.startswith("/v1/"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.authorization):
-                refusal = APIError(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                                   code="invalid_api_key")
-                await _error(refusal)(scope, receive, counting_send)
-                return
-        await self.app(scope, receive, counting_send)
+        headers = dict(scope["headers"])
+        refusal = None
+        if self.authorization and path.startswith("/v1/") and \
+                not hmac.compare_digest(headers.get(b"authorization", b""), self.authorization):
+            refusal = APIError(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                               code="invalid_api_key")
+        elif int(headers.get(b"content-length", b"0") or 0) > MAX_BODY_BYTES:
+            refusal = APIError(413, f"request body over {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
+        if refusal:
+            await _error(refusal)(scope, receive, counting_send)
+            return
+        received = 0
+
+        async def limited_receive() -> Any:  # a chunked body has no Content-Length to check first
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise APIError(413, f"request body over {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
+            return message
+
+        await self.app(scope, limited_receive, counting_send)
 
 
 def _error(e: APIError) -> JSONResponse:
