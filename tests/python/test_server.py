@@ -200,6 +200,19 @@ def test_chat_stream_equals_whole(tiny: Server) -> None:
     assert whole.usage.flashmtp["drafted_tokens"] == 0  # no MTP figures from the runtime yet
 
 
+def test_chat_message_forms(tiny: Server) -> None:
+    """Text parts are joined; OpenAI's "developer" role is the templates' "system"."""
+    def reply(messages: list[dict]) -> str:
+        return tiny.client.chat.completions.create(model="tiny", messages=messages, max_tokens=12,
+                                                   temperature=0).choices[0].message.content
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    plain = reply(messages)
+    parts = [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]
+    assert reply([{"role": "developer", "content": "Be brief."}, {"role": "user", "content": parts}]) == plain
+    assert plain == tiny.model.chat(messages, max_tokens=12, temperature=0)
+
+
 def test_stop_sequences(tiny: Server) -> None:
     full = tiny.client.completions.create(model="tiny", prompt="abc", max_tokens=40, temperature=0)
     text = full.choices[0].text

@@ -120,10 +120,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Scheduler:
     def __init__(self, model: Model, n_slots: int, n_ctx: int, max_queue: int, metrics: Metrics) -> None:
         if n_slots < 1:
-            raise ValueError(f"serve: --parallel must be >= 1, got {n_slots}")
+            raise ValueError(f"--parallel must be >= 1, got {n_slots}")
         if not 1 <= n_ctx <= model.n_ctx_train:
-            raise ValueError(f"serve: --ctx must be in [1, {model.n_ctx_train}] (the model's training "
-                             f"context), got {n_ctx}")
+            raise ValueError(f"--ctx must be in [1, {model.n_ctx_train}] (the model's training context), "
+                             f"got {n_ctx}")
+        if max_queue < 0:
+            raise ValueError(f"--max-queue must be >= 0, got {max_queue}")
         self.model = model
         self.n_ctx = n_ctx
         self.max_queue = max_queue
