@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the server needs fastapi (pip install 'flashmtp[serve]')")
@@ -36,6 +37,7 @@ openai = pytest.importorskip("openai", reason="the tests drive the server with t
 httpx = pytest.importorskip("httpx", reason="raw HTTP requests need httpx")
 
 import uvicorn  # noqa: E402
+from flashmtp import _core  # noqa: E402
 from flashmtp.chat import prompt_tokens  # noqa: E402
 from flashmtp.model import Model  # noqa: E402
 from flashmtp.server.app import create_app  # noqa: E402
@@ -213,6 +215,44 @@ def test_chat_message_forms(tiny: Server) -> None:
     assert plain == tiny.model.chat(messages, max_tokens=12, temperature=0)
 
 
+@pytest.mark.parametrize(("temperature", "seed"), [(0.0, 0), (1.0, 5)])
+def test_logprobs(tiny: Server, temperature: float, seed: int) -> None:
+    """Oracle: the tokens of _core.Generation with the same settings, and the log-softmax of their logits
+    from one fresh decode of the whole sequence (batch-invariant kernels: the same logits bit for bit)."""
+    model = tiny.model
+    prompt = model.tokenize("Once upon a time")
+    generation = _core.Generation(model.session(64), model.tokenizer, prompt, [], 12, temperature, 40, 0.95,
+                                  0.05, seed)
+    while generation.step() is not None:
+        pass
+    generated = generation.tokens[len(prompt):]
+    generated = generated[:-1] if model.tokenizer.is_eog(generated[-1]) else generated
+    logits = model.session(64).decode(np.array(prompt + generated, dtype=np.int32)).astype(np.float64)
+    log_probs = logits - logits.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    expected = [log_probs[len(prompt) - 1 + i, t] for i, t in enumerate(generated)]
+
+    r = tiny.client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=temperature,
+                                       seed=seed, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == model.detokenize(generated)
+    assert lp.tokens == [model.tokenizer.token_bytes(t).decode("utf-8", "replace") for t in generated]
+    np.testing.assert_allclose(lp.token_logprobs, expected, rtol=0, atol=1e-9)
+    # Keyed by text, as OpenAI's legacy format is: tokens that decode alike (U+FFFD) share one key.
+    assert all(1 <= len(top) <= 3 and max(top.values()) >= chosen
+               for top, chosen in zip(lp.top_logprobs, lp.token_logprobs, strict=True))
+
+    chat = tiny.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
+    entries = chat.choices[0].logprobs.content
+    text = chat.choices[0].message.content
+    assert b"".join(bytes(e.bytes) for e in entries).decode("utf-8", "replace") == text
+    assert all(e.top_logprobs[0].logprob == e.logprob for e in entries)  # greedy: the chosen token is the top
+    plain = tiny.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=6, temperature=0)
+    assert plain.choices[0].message.content == text and plain.choices[0].logprobs is None
+
+
 def test_stop_sequences(tiny: Server) -> None:
     full = tiny.client.completions.create(model="tiny", prompt="abc", max_tokens=40, temperature=0)
     text = full.choices[0].text
@@ -257,7 +297,7 @@ def test_concurrent_clients_get_their_own_outputs(tiny: Server) -> None:
     ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
     ({"model": "tiny", "prompt": "x", "seed": -1}, 400, "seed"),
     ({"model": "tiny", "prompt": "x", "n": 2}, 400, "n"),
-    ({"model": "tiny", "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    ({"model": "tiny", "prompt": "x", "logprobs": 6}, 400, "logprobs"),
     ({"model": "tiny", "prompt": [999999]}, 400, "prompt"),
     ({"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt"),
     ({"model": "tiny", "prompt": ""}, 400, "prompt"),
@@ -287,6 +327,7 @@ def test_bad_completion_requests(tiny: Server, body: dict, status: int, param: s
      "messages.0.tool_calls.0.function.arguments"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
       "response_format": {"type": "json_object"}}, "response_format"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
 ])
 def test_bad_chat_requests(tiny: Server, body: dict, param: str) -> None:
     r = tiny.post("/v1/chat/completions", body)
@@ -342,6 +383,13 @@ def test_qwen_chat_matches_python_api(qwen: Server) -> None:
     streamed = qwen.client.chat.completions.create(model="qwen", messages=messages, max_tokens=24,
                                                    temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+    # With log-probabilities (the Python loop of flashmtp.server.logprobs): the same reply.
+    with_logprobs = qwen.client.chat.completions.create(model="qwen", messages=messages, max_tokens=24,
+                                                        temperature=0, logprobs=True, top_logprobs=1)
+    assert with_logprobs.choices[0].message.content == expected
+    entries = with_logprobs.choices[0].logprobs.content
+    assert b"".join(bytes(e.bytes) for e in entries).decode() == expected
+    assert all(e.top_logprobs[0].logprob == e.logprob <= 0 for e in entries)
 
 
 def test_qwen_stop_and_seed(qwen: Server) -> None:

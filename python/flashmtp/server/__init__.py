@@ -4,7 +4,8 @@
     client = openai.OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none")
 
 Files: protocol.py (request schemas, errors), app.py (routes), slots.py (sessions, worker threads, queue),
-tools.py (tool-call parsing), metrics.py (Prometheus counters). Needs the ``serve`` extra (fastapi, uvicorn).
+logprobs.py (the generation loop for log-probabilities), tools.py (tool-call parsing), metrics.py
+(Prometheus counters). Needs the ``serve`` extra (fastapi, uvicorn).
 
 Fuzzing against the server's own OpenAPI schema (``pip install schemathesis``)::
 

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flashmtp.chat import prompt_tokens
 from flashmtp.model import Model
+from flashmtp.server.logprobs import TokenLogprob
 from flashmtp.server.metrics import Metrics, mtp_counts
 from flashmtp.server.protocol import (
     APIError,
@@ -151,6 +152,34 @@ def _usage(stats: Any) -> dict[str, Any]:
     }
 
 
+def _token(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")
+
+
+def _chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs``: per token its text, bytes, log-probability and the top alternatives."""
+    def one(token: bytes, logprob: float) -> dict[str, Any]:
+        return {"token": _token(token), "logprob": logprob, "bytes": list(token)}
+
+    return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
+                        for e in entries]}
+
+
+def _completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """OpenAI's legacy completion ``logprobs``; text_offset counts characters from the choice's start
+    (offset: text before the first token, e.g. the echoed prompt)."""
+    offsets, tops = [], []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(_token(e.token))
+        top: dict[str, float] = {}
+        for t, lp in e.top:  # tokens that decode alike (U+FFFD) share a key: keep the likeliest
+            top.setdefault(_token(t), lp)
+        tops.append(top)
+    return {"tokens": [_token(e.token) for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": tops, "text_offset": offsets}
+
+
 def _sse(data: dict[str, Any] | str) -> str:
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"data: {text}\n\n"
@@ -209,7 +238,7 @@ class _Server:
                            param="model", code="model_not_found")
 
     def job(self, request: ChatCompletionRequest | CompletionRequest, prompt: list[int],
-            max_tokens: int | None) -> Job:
+            max_tokens: int | None, logprobs: int | None) -> Job:
         """A job for prompt, with max_tokens (None: the rest of the context) checked against the context."""
         n_ctx, n_prompt = self.scheduler.n_ctx, len(prompt)
         if n_prompt == 0:
@@ -228,7 +257,7 @@ class _Server:
                     for k, default in DEFAULT_SAMPLING.items()}
         # Without a seed, every request draws its own (as OpenAI and llama.cpp do).
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        return Job(prompt=prompt, max_tokens=max_tokens, seed=seed, stop=stop, **sampling)
+        return Job(prompt=prompt, max_tokens=max_tokens, seed=seed, stop=stop, logprobs=logprobs, **sampling)
 
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         import jinja2
@@ -270,18 +299,21 @@ class _Server:
 
     # --- responses ------------------------------------------------------------------------------------
 
-    async def complete(self, request: Request, job: Job) -> tuple[str, Done]:
-        """The whole generation's text and its end; the job cancelled if the client goes."""
+    async def complete(self, request: Request, job: Job) -> tuple[str, list[TokenLogprob], Done]:
+        """The whole generation's text, its tokens' log-probabilities (if the job asks for them) and its end;
+        the job cancelled if the client goes."""
         watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         pieces: list[str] = []
+        logprobs: list[TokenLogprob] = []
         try:
             async with contextlib.aclosing(self.scheduler.run(job)) as events:
                 async for event in events:
                     if isinstance(event, Failed):
                         raise event.error
                     if isinstance(event, Done):
-                        return "".join(pieces), event
+                        return "".join(pieces), logprobs, event
                     pieces.append(event.text)
+                    logprobs += event.logprobs
         finally:
             watcher.cancel()
         raise AssertionError("the event stream ended without Done or Failed")
@@ -316,25 +348,29 @@ async def chat_completions(server: _Server, request: Request, body: ChatCompleti
     names = {t["function"]["name"] for t in tools} if tools else set()
     messages = _template_messages(body.messages)
     prompt = await asyncio.to_thread(server.chat_prompt, messages, tools)
-    job = server.job(body, prompt, body.max_completion_tokens or body.max_tokens)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    job = server.job(body, prompt, body.max_completion_tokens or body.max_tokens, logprobs)
     base = {"id": "chatcmpl-" + secrets.token_hex(12), "created": int(time.time()), "model": server.model_id}
 
     if not body.stream:
-        text, done = await server.complete(request, job)
+        text, entries, done = await server.complete(request, job)
         calls, content = parse_tool_calls(text, names) if names else ([], text)
         message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
         if calls:
             message["tool_calls"] = [c.to_openai() for c in calls]
         finish = "tool_calls" if calls else done.finish_reason
         return {**base, "object": "chat.completion",
-                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                             "logprobs": _chat_logprobs(entries) if logprobs is not None else None}],
                 "usage": _usage(done.stats)}
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def chunk(delta: dict[str, Any], finish: str | None = None,
+              entries: list[TokenLogprob] | None = None) -> dict[str, Any]:
         return {**base, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                             "logprobs": _chat_logprobs(entries) if entries else None}]}
 
     async def chunks(events: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
         filter_calls = ToolCallStream(names) if names else None
@@ -356,8 +392,8 @@ async def chat_completions(server: _Server, request: Request, body: ChatCompleti
                            "usage": _usage(event.stats)}
                 return
             text = filter_calls.feed(event.text) if filter_calls else event.text
-            if text:
-                yield chunk({"content": text})
+            if text or event.logprobs:
+                yield chunk({"content": text} if text else {}, entries=event.logprobs)
 
     return await server.stream(request, job, chunks)
 
@@ -369,21 +405,28 @@ async def completions(server: _Server, request: Request, body: CompletionRequest
     prompt, prompt_text = await asyncio.to_thread(server.completion_prompt, body.prompt)
     max_tokens = body.max_tokens if body.max_tokens is not None else min(
         COMPLETION_MAX_TOKENS, max(server.scheduler.n_ctx - len(prompt), 1))
-    job = server.job(body, prompt, max_tokens)
+    job = server.job(body, prompt, max_tokens, body.logprobs)
     base = {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
             "model": server.model_id}
     echo = prompt_text if body.echo else ""
 
-    def choice(text: str, finish: str | None) -> dict[str, Any]:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def choice(text: str, finish: str | None, entries: list[TokenLogprob] | None = None,
+               offset: int = 0) -> dict[str, Any]:
+        """offset: characters of the choice's text before this one (text_offset)."""
+        logprobs = None
+        if body.logprobs is not None and entries is not None:
+            logprobs = _completion_logprobs(entries, offset)
+        return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
     if not body.stream:
-        text, done = await server.complete(request, job)
-        return {**base, "choices": [choice(echo + text, done.finish_reason)], "usage": _usage(done.stats)}
+        text, entries, done = await server.complete(request, job)
+        return {**base, "choices": [choice(echo + text, done.finish_reason, entries, len(echo))],
+                "usage": _usage(done.stats)}
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def chunks(events: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
+        sent = len(echo)
         if echo:
             yield {**base, "choices": [choice(echo, None)]}
         async for event in events:
@@ -394,7 +437,8 @@ async def completions(server: _Server, request: Request, body: CompletionRequest
                 if include_usage:
                     yield {**base, "choices": [], "usage": _usage(event.stats)}
                 return
-            yield {**base, "choices": [choice(event.text, None)]}
+            yield {**base, "choices": [choice(event.text, None, event.logprobs, sent)]}
+            sent += len(event.text)
 
     return await server.stream(request, job, chunks)
 

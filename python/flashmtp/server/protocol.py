@@ -3,7 +3,7 @@
 Requests are validated strictly (a string is not a number, 0 is not a bool) so a client's type mistake is a
 400 naming the field rather than a silently coerced value. Unknown fields are ignored, as OpenAI-compatible
 servers do (clients send ``user``, ``metadata``, ``store``...); known fields the runtime cannot honour (n > 1,
-penalties, logprobs, logit_bias, JSON response formats) are refused by :func:`unsupported` with a message
+penalties, logit_bias, JSON response formats) are refused by :func:`unsupported` with a message
 naming them, never silently dropped.
 """
 
@@ -149,12 +149,11 @@ def unsupported(request: ChatCompletionRequest | CompletionRequest) -> APIError 
         (request.presence_penalty != 0 or request.frequency_penalty != 0, "presence_penalty",
          "presence_penalty and frequency_penalty are not supported (must be 0)"),
         (bool(request.logit_bias), "logit_bias", "logit_bias is not supported"),
-        # Generation does not expose token probabilities to Python yet.
-        (bool(request.logprobs), "logprobs", "logprobs is not supported by this server"),
     ]
     if isinstance(request, ChatCompletionRequest):
         refusals += [
-            (bool(request.top_logprobs), "top_logprobs", "top_logprobs is not supported by this server"),
+            (request.top_logprobs is not None and not request.logprobs, "top_logprobs",
+             "top_logprobs needs logprobs: true"),
             (request.response_format is not None and request.response_format.type != "text",
              "response_format", "response_format: only type \"text\" is supported (no constrained output)"),
         ]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from flashmtp import _core
 from flashmtp.model import Model
+from flashmtp.server.logprobs import LogprobGeneration, TokenLogprob
 from flashmtp.server.metrics import Metrics
 from flashmtp.server.protocol import APIError
 
@@ -38,6 +39,7 @@ __all__ = ["Done", "Failed", "Job", "Piece", "Scheduler", "StopMatcher"]
 @dataclass
 class Piece:
     text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens sampled in this step
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Job:
     min_p: float
     seed: int
     stop: Sequence[str] = ()
+    logprobs: int | None = None  # None: none wanted; n: each token's log-probability and n alternatives
     cancelled: threading.Event = field(default_factory=threading.Event)  # read by the worker thread
     waiting: asyncio.Future[_Slot] | None = None  # while queued for a slot
 
@@ -217,10 +220,17 @@ class Scheduler:
 
     def _generate(self, slot: _Slot, job: Job, emit: Callable[[Event], None]) -> None:
         """The worker thread: steps the generation until it ends, a stop sequence or cancellation."""
+        tokenizer, session, prompt, cached = self.model.tokenizer, slot.session, job.prompt, slot.cached
+        generation: _core.Generation | LogprobGeneration
         try:
-            generation = _core.Generation(slot.session, self.model.tokenizer, job.prompt, slot.cached,
-                                          job.max_tokens, job.temperature, job.top_k, job.top_p, job.min_p,
-                                          job.seed)
+            if job.logprobs is None:
+                generation = _core.Generation(session, tokenizer, prompt, cached, job.max_tokens,
+                                              job.temperature, job.top_k, job.top_p, job.min_p, job.seed)
+            else:
+                sampler = _core.Sampler(temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
+                                        min_p=job.min_p, seed=job.seed)
+                generation = LogprobGeneration(session, tokenizer, prompt, cached, job.max_tokens, sampler,
+                                               job.logprobs)
         except ValueError as e:  # the checks the server could not make first (sampler settings)
             emit(Failed(APIError(400, str(e))))
             return
@@ -239,8 +249,10 @@ class Scheduler:
                     finish_reason = "stop" if generation.stats.stopped_at_eos else "length"
                     break
                 text, stopped = stop.feed(piece)
-                if text:
-                    emit(Piece(text))
+                last = generation.last if isinstance(generation, LogprobGeneration) else None
+                logprobs = [last] if last else []
+                if text or logprobs:
+                    emit(Piece(text, logprobs))
                 if stopped:
                     finish_reason = "stop"
                     break
