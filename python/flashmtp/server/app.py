@@ -286,7 +286,8 @@ class _Server:
         return list(prompt), self.model.detokenize(prompt)
 
     def tools_for(self, request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
-        """The tools offered to the template (all, one named by tool_choice, or none)."""
+        """The tools offered to the template (all, one named by tool_choice, or none). Without constrained
+        decoding a call cannot be forced: "required" and a named tool only narrow what is offered."""
         if not request.tools or request.tool_choice == "none":
             return None
         tools = [t.model_dump(exclude_none=True) for t in request.tools]
