@@ -512,7 +512,7 @@ def bench_serve(tmp_path: Path, model: str, *extra: str) -> list[dict[str, str]]
 def test_bench_serve_smoke(tmp_path: Path) -> None:
     rows = bench_serve(tmp_path, str(TINY), "--no-llama-cpp")  # llama.cpp refuses the tiny random file
     assert [(r["engine"], r["clients"]) for r in rows] == \
-        [("flashmtp (Python API)", "1"), ("flashmtp", "1"), ("flashmtp", "2")]
+        [("flashmtp", "1"), ("flashmtp (Python API)", "1"), ("flashmtp", "2")]
     assert all(int(r["requests"]) > 0 and float(r["tok/s"]) > 0 for r in rows)
 
 

@@ -11,9 +11,9 @@ greedy, --max-tokens tokens at most, the same sequence of prompts for both serve
 Per request: time to first token (the first chunk with content), latency (until the last chunk) and
 tokens (content chunks: both servers send one per token). Per run: requests/s and tokens/s over the wall time
 until the last client finished, TTFT and latency p50 / p99, and per-request decode speed (tokens after the
-first over the time after the first). With one client, the Python API runs the same prompts in-process
-(``Model.chat``, stream) for the server-overhead comparison: its row is the baseline the server's decode
-speed is compared with.
+first over the time after the first). With one client, flashmtp's requests alternate with the same
+requests through the Python API in the bench process (``Model.chat``, stream), the baseline for the
+server's overhead, measured in the same minutes.
 """
 
 from __future__ import annotations
@@ -193,26 +193,42 @@ def drive(engine: str, url: str, clients: int, duration_s: float, max_tokens: in
     return Run(engine, clients, results, time.perf_counter() - t0)
 
 
-def drive_python_api(model_path: str, threads: int, n_ctx: int, duration_s: float, max_tokens: int) -> Run:
-    """The single-client workload through Model.chat in this process: the no-server baseline."""
+def drive_alternating(url: str, model_path: str, threads: int, n_ctx: int, duration_s: float,
+                      max_tokens: int) -> tuple[Run, Run]:
+    """One client, alternating each request between the server and the Python API in this process
+    (``Model.chat``, stream) on the same prompt: drift on a shared machine hits both alike. Each run's wall
+    time is the sum of its own requests'."""
+    import httpx
+
     from flashmtp.model import Model
 
     model = Model(model_path, threads=threads)
-    model.chat(prompt(99, 0), max_tokens=4, temperature=0, n_ctx=n_ctx)  # warm-up
-    results: list[Request] = []
-    stop_at = time.perf_counter() + duration_s
-    t0 = time.perf_counter()
-    index = 0
-    while time.perf_counter() < stop_at:
+    served = model_id(url)
+
+    def local(messages: list[dict[str, str]], n: int) -> Request:
         start = time.perf_counter()
         first, tokens = 0.0, 0
-        for _ in model.chat(prompt(0, index), max_tokens=max_tokens, temperature=0, stream=True, n_ctx=n_ctx):
+        for _ in model.chat(messages, max_tokens=n, temperature=0, stream=True, n_ctx=n_ctx):
             tokens += 1
             if not first:
                 first = time.perf_counter() - start
-        results.append(Request(first, time.perf_counter() - start, tokens))
-        index += 1
-    return Run(PYTHON_API, 1, results, time.perf_counter() - t0)
+        return Request(first, time.perf_counter() - start, tokens)
+
+    results: dict[str, list[Request]] = {FLASHMTP: [], PYTHON_API: []}
+    with httpx.Client(timeout=600) as http:
+        stream_request(http, url, served, prompt(99, 0), 4)  # warm-ups, untimed
+        local(prompt(99, 0), 4)
+        stop_at = time.perf_counter() + duration_s
+        index = 0
+        while time.perf_counter() < stop_at:
+            # Each side idles a moment first, so the other's thread pool has stopped spinning.
+            time.sleep(0.05)
+            results[FLASHMTP].append(stream_request(http, url, served, prompt(0, index), max_tokens))
+            time.sleep(0.05)
+            results[PYTHON_API].append(local(prompt(0, index), max_tokens))
+            index += 1
+    return tuple(Run(engine, 1, reqs, sum(r.latency_s for r in reqs))  # type: ignore[return-value]
+                 for engine, reqs in results.items())
 
 
 COLUMNS = ["engine", "clients", "requests", "req/s", "tok/s", "decode tok/s/req", "ttft p50 ms",
@@ -260,15 +276,19 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     print(f"model {path}, {args.threads} threads, {args.duration:g} s per run, max {args.max_tokens} "
           "tokens per request, greedy", flush=True)
     runs: list[Run] = []
-    if 1 in clients:
-        runs.append(drive_python_api(path, args.threads, args.ctx, args.duration, args.max_tokens))
-        print(table([runs[-1].row()]), flush=True)
+    print(table([]), flush=True)
     for engine in engines:
         for n in clients:
             parallel = n if engine == FLASHMTP else 1
             with server_process(engine, path, args.threads, args.ctx, parallel) as url:
-                runs.append(drive(engine, url, n, args.duration, args.max_tokens))
-            print(table([runs[-1].row()]).splitlines()[-1], flush=True)
+                if engine == FLASHMTP and n == 1:
+                    new = list(drive_alternating(url, path, args.threads, args.ctx, args.duration,
+                                                 args.max_tokens))
+                else:
+                    new = [drive(engine, url, n, args.duration, args.max_tokens)]
+            runs += new
+            for run in new:
+                print(table([run.row()]).splitlines()[-1], flush=True)
     rows = [r.row() for r in runs]
     print()
     print(table(rows))
