@@ -355,6 +355,39 @@ def test_malformed_and_oversized_requests(tiny: Server) -> None:
     assert r.usage.completion_tokens == 2
 
 
+def test_engine_failure_mid_generation(tiny: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception in the engine becomes a 500 (or a final stream event); the slot stays usable and
+    consistent: the next request's text is the Python API's."""
+    import flashmtp.server.slots as slots
+
+    real = _core.Generation
+
+    class Failing:
+        def __init__(self, *args: object) -> None:
+            self.inner = real(*args)
+            self.steps = 0
+
+        def step(self) -> str | None:
+            self.steps += 1
+            if self.steps == 3:
+                raise RuntimeError("simulated engine failure")
+            return self.inner.step()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(slots._core, "Generation", Failing)
+    r = tiny.post("/v1/completions", {"model": "tiny", "prompt": "abc", "max_tokens": 8})
+    assert r.status_code == 500 and "simulated engine failure" in r.json()["error"]["message"]
+    with httpx.stream("POST", tiny.url + "/v1/completions", timeout=30,
+                      json={"model": "tiny", "prompt": "abc", "max_tokens": 8, "stream": True}) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
+    assert "simulated engine failure" in events[-1]["error"]["message"]
+    monkeypatch.undo()
+    r = tiny.client.completions.create(model="tiny", prompt="abc", max_tokens=8, temperature=0)
+    assert r.choices[0].text == tiny.model.generate("abc", max_tokens=8, temperature=0)
+
+
 def test_metrics(tiny: Server) -> None:
     before = tiny.metric("flashmtp_generated_tokens_total")
     tiny.client.completions.create(model="tiny", prompt="count", max_tokens=7, temperature=0)
