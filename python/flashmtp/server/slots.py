@@ -109,7 +109,6 @@ class Job:
 
 @dataclass
 class _Slot:
-    index: int
     session: _core.Session
     cached: list[int] = field(default_factory=list)  # tokens in the session's first positions
     last_used: int = 0
@@ -133,7 +132,7 @@ class Scheduler:
         self.n_ctx = n_ctx
         self.max_queue = max_queue
         self.metrics = metrics
-        self._slots = [_Slot(i, model.session(n_ctx)) for i in range(n_slots)]
+        self._slots = [_Slot(model.session(n_ctx)) for _ in range(n_slots)]
         self._free = list(self._slots)
         self._waiters: list[asyncio.Future[_Slot]] = []  # FIFO of requests waiting for a slot
         self._uses = itertools.count(1)
