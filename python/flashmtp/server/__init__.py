@@ -16,7 +16,7 @@ Fuzzing against the server's own OpenAPI schema (``pip install schemathesis``)::
 positive_data_acceptance is left out because some schema-valid requests are refused by design with a 4xx
 naming the reason (a prompt over the context, n > 1, best_of, a tool message without content); the
 coverage phase is left out because schemathesis 4.32 crashes in it (hypothesis' lambda-source AST cache).
-2026-11-28: 2713 cases, all passed (no 5xx, responses match the schema, server healthy afterwards).
+2026-11-28: 2725 cases, all passed (no 5xx, responses match the schema, server healthy afterwards).
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
         print(f"flashmtp serve: error: {e}", file=sys.stderr)
         return 1
+    server = app.state.server
+    slots = server.scheduler
+    print(f"flashmtp serve: {server.model_id} ({model.architecture}) on http://{args.host}:{args.port}, "
+          f"{slots.n_slots} slot(s) of {slots.n_ctx} positions, {slots.state_bytes / 2**20:.0f} MiB of "
+          "session state", file=sys.stderr, flush=True)
     # A stream still open at shutdown (Ctrl-C) gets a few seconds, then its generation is stopped.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

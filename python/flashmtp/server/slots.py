@@ -144,6 +144,11 @@ class Scheduler:
         return len(self._slots)
 
     @property
+    def state_bytes(self) -> int:
+        """Memory of the slots' sessions (allocated up front)."""
+        return sum(slot.session.state_size for slot in self._slots)
+
+    @property
     def n_queued(self) -> int:
         return len(self._waiters)
 
