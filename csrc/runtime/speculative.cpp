@@ -1,0 +1,102 @@
+#include "runtime/speculative.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace flashmtp {
+
+namespace {
+
+constexpr double kDecay = 0.9;   // weight of earlier acceptance counts per new observation (~10 recent rounds)
+constexpr double kTimeEma = 0.3;  // weight of a new timing
+
+void ema(double &estimate, double value) { estimate = estimate == 0 ? value : estimate + kTimeEma * (value - estimate); }
+
+}  // namespace
+
+const char *draft_mode_name(DraftMode mode) {
+    switch (mode) {
+        case DraftMode::coupled: return "coupled";
+        case DraftMode::residual: return "residual";
+        case DraftMode::greedy: return "greedy";
+    }
+    return "?";
+}
+
+DraftMode parse_draft_mode(const std::string &name) {
+    for (DraftMode mode : {DraftMode::coupled, DraftMode::residual, DraftMode::greedy}) {
+        if (name == draft_mode_name(mode)) return mode;
+    }
+    throw std::invalid_argument("draft mode '" + name + "' is not one of coupled, residual, greedy");
+}
+
+void SpeculativeParams::validate() const {
+    if (draft < kAuto || draft > Session::kMaxDraft) {
+        throw std::invalid_argument("draft length " + std::to_string(draft) + " is outside [0, " +
+                                    std::to_string(Session::kMaxDraft) + "] (or auto)");
+    }
+}
+
+DraftPolicy::DraftPolicy(int draft) : draft_(draft) {}
+
+double DraftPolicy::acceptance_at(int i) const { return (accepted_[size_t(i)] + 1.0) / (tried_[size_t(i)] + 2.0); }
+
+double DraftPolicy::batch_seconds(int n_tokens) const {
+    // Unmeasured sizes cost what the largest measured smaller batch did: optimistic, so they get tried.
+    for (int n = n_tokens; n >= 1; --n) {
+        if (decode_s_[size_t(n)] > 0) return decode_s_[size_t(n)];
+    }
+    return 0;
+}
+
+double DraftPolicy::expected_tokens(int k) const {
+    double expected = 1, run = 1;
+    for (int i = 0; i < k; ++i) {
+        run *= acceptance_at(i);
+        expected += run;
+    }
+    return expected;
+}
+
+double DraftPolicy::round_seconds(int k) const {
+    if (k == 0) return batch_seconds(1);
+    return first_s_ + (k - 1) * step_s_ + batch_seconds(k + 1);
+}
+
+int DraftPolicy::choose(int limit) {
+    limit = std::min(limit, Session::kMaxDraft);
+    if (draft_ != SpeculativeParams::kAuto) return std::min(draft_, limit);
+    if (limit <= 0) return 0;
+    // Measure a plain decode first, then one draft, then let the estimates decide.
+    if (decode_s_[1] == 0) return 0;
+    if (first_s_ == 0) return 1;
+    int best = 0;
+    double best_rate = expected_tokens(0) / round_seconds(0);
+    for (int k = 1; k <= limit; ++k) {
+        const double rate = expected_tokens(k) / round_seconds(k);
+        if (rate > best_rate) best = k, best_rate = rate;
+    }
+    if (best > 0) {
+        plain_rounds_ = 0;
+        return best;
+    }
+    if (++plain_rounds_ >= kProbeInterval) {
+        plain_rounds_ = 0;
+        return 1;
+    }
+    return 0;
+}
+
+void DraftPolicy::record(int k, int accepted, double first_s, double steps_s, double decode_s) {
+    ema(decode_s_[size_t(k + 1)], decode_s);
+    if (k == 0) return;
+    ema(first_s_, first_s);
+    if (k > 1) ema(step_s_, steps_s / (k - 1));
+    // Position i was tried if every earlier draft was accepted.
+    for (int i = 0; i < k && i <= accepted; ++i) {
+        tried_[size_t(i)] = kDecay * tried_[size_t(i)] + 1;
+        accepted_[size_t(i)] = kDecay * accepted_[size_t(i)] + (i < accepted ? 1 : 0);
+    }
+}
+
+}  // namespace flashmtp

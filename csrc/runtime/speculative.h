@@ -1,0 +1,106 @@
+// MTP speculative decoding: how drafts are chosen and checked, how many to draft, and what it cost.
+// Owns: the draft modes, the acceptance rules, the adaptive draft-length policy and the statistics. Does not
+// own: the loop that drives them (runtime/generate.cpp), the draft head (Session::draft), the sampler.
+//
+// A round, with positions [0, P) decoded and the logits of P - 1 in hand: sample the token t at P as plain
+// decoding would; draft d_1..d_k for positions P + 1..P + k with the head; decode [t, d_1..d_k] in ONE batch
+// (k + 1 logits); accept d_i while the main model agrees; rewind the session past the first rejected draft.
+// The next round samples its first token from the logits of the last kept position, which is the plain
+// decoder's token there (or, in the residual mode, the residual sample drawn at the rejection).
+//
+// Why greedy output is identical to plain decoding: every token emitted is the main model's choice at its
+// position, from logits that are bit-identical whatever batch they came from (batch invariance) and whatever
+// was decoded and rewound before (exact rewind). The head only decides how many of those choices one batch
+// checks. The same holds for sampling in the coupled and greedy-draft modes: the sampler's random number is a
+// function of (seed, position), so the token the verifier samples at a position is the one plain decoding
+// samples there, and a draft is accepted exactly when it equals it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "flashmtp.h"
+#include "runtime/sampler.h"
+
+namespace flashmtp {
+
+enum class DraftMode {
+    // The head's distribution sampled at the position's own random number (the one the verifier uses): a draft
+    // is accepted when the main model's sample equals it. Output = plain decoding's, token for token, for
+    // every seed (so distributed exactly as the main model's).
+    coupled,
+    // Standard speculative sampling (Leviathan et al. 2023, Chen et al. 2023): drafts drawn from the head's
+    // distribution q on a separate random stream, accepted with probability min(1, p/q), a rejection resampled
+    // from the residual max(0, p - q). Output distributed exactly as the main model's, with the highest
+    // acceptance for a sampled draft, but not the same text as plain decoding for a given seed.
+    residual,
+    // The peers' mode (llama.cpp, ds4): drafts are the head's argmax; the verifier samples and compares.
+    // Exact and seed-stable like `coupled`; accepts less when sampling at a high temperature.
+    greedy,
+};
+
+// "coupled", "residual", "greedy"; parse_draft_mode throws std::invalid_argument naming the valid ones.
+const char *draft_mode_name(DraftMode mode);
+DraftMode parse_draft_mode(const std::string &name);
+
+struct SpeculativeParams {
+    int draft = 0;  // tokens per draft: 0 off, 1..Session::kMaxDraft fixed, kAuto chosen per round
+    DraftMode mode = DraftMode::coupled;
+    static constexpr int kAuto = -1;
+    // Throws std::invalid_argument for a draft length outside [-1, kMaxDraft].
+    void validate() const;
+};
+
+struct SpeculativeStats {
+    int64_t rounds = 0;      // verify batches (rounds that drafted at least one token)
+    int64_t drafted = 0;     // draft tokens verified
+    int64_t accepted = 0;    // draft tokens accepted
+    int64_t rollbacks = 0;   // rounds that rejected a draft (and rewound the session)
+    int64_t plain_steps = 0; // rounds that drafted nothing (draft 0, or auto chose 0)
+    std::array<int64_t, Session::kMaxDraft> tried_at{};     // drafts verified at draft position i + 1
+    std::array<int64_t, Session::kMaxDraft> accepted_at{};  // of which accepted
+    double draft_s = 0;   // seconds in the draft head
+    double verify_s = 0;  // seconds in verify batches
+
+    double acceptance() const { return drafted ? double(accepted) / double(drafted) : 0.0; }
+    // Tokens a verify round emits on average: its accepted drafts plus the token it started from.
+    double mean_accepted_length() const { return rounds ? double(accepted) / double(rounds) : 0.0; }
+};
+
+// Chooses each round's draft length. Fixed lengths are returned as they are. "auto" picks the k in
+// [0, limit] that maximises expected tokens per second, E(k) / T(k):
+//   E(k) = 1 + a_1 + a_1 a_2 + ... + a_1..a_k, a_i the recent acceptance at draft position i given the earlier
+//          ones were accepted (decayed counts with a uniform prior, so the estimate follows the text: code
+//          and prose accept differently);
+//   T(k) = the measured seconds of the head's first step, k - 1 further steps and a verify batch of k + 1
+//          tokens (T(0) = one plain decode); batch sizes not measured yet are assumed to cost what the next
+//          smaller measured one did, which makes the policy try them.
+// While auto keeps choosing 0 it still drafts one token every kProbeInterval rounds, so that the acceptance
+// it would see is measured again.
+class DraftPolicy {
+public:
+    explicit DraftPolicy(int draft);  // SpeculativeParams::draft
+
+    int choose(int limit);
+    // A round of k drafts (k = 0: a plain decode) and what it took: the head's first step, its further steps
+    // together, and the decode of k + 1 tokens.
+    void record(int k, int accepted, double first_s, double steps_s, double decode_s);
+    // The current estimates, for statistics: acceptance at draft position i + 1, seconds of a batch of n + 1.
+    double acceptance_at(int i) const;
+    double batch_seconds(int n_tokens) const;
+
+    static constexpr int kProbeInterval = 32;
+
+private:
+    double expected_tokens(int k) const;
+    double round_seconds(int k) const;
+
+    int draft_;
+    std::array<double, Session::kMaxDraft> tried_{}, accepted_{};  // decayed counts per draft position
+    std::array<double, Session::kMaxDraft + 2> decode_s_{};      // [n_tokens] EMA of a decode of n tokens; 0: unseen
+    double first_s_ = 0, step_s_ = 0;                            // EMA of the head's first and further steps
+    int plain_rounds_ = 0;                                        // consecutive rounds auto chose 0
+};
+
+}  // namespace flashmtp
