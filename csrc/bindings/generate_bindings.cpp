@@ -33,7 +33,9 @@ void bind_generate(py::module_ &m) {
         .def_readonly("verify_s", &SpeculativeStats::verify_s, "seconds in verify batches")
         .def_property_readonly("acceptance", &SpeculativeStats::acceptance)
         .def_property_readonly("mean_accepted_length", &SpeculativeStats::mean_accepted_length,
-                               "accepted drafts per verify round");
+                               "accepted drafts per verify round")
+        .def("summary", &SpeculativeStats::summary, py::arg("head_bytes") = 0,
+             "Lines for people: counts, acceptance by draft position, time, the head's weights.");
 
     py::class_<GenerateStats>(m, "GenerateStats", "Token counts and timings of one generation.")
         .def_readonly("n_prompt", &GenerateStats::n_prompt, "prompt tokens, BOS included")

@@ -1,6 +1,7 @@
 #include "runtime/speculative.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <stdexcept>
 
 namespace flashmtp {
@@ -35,6 +36,25 @@ void SpeculativeParams::validate() const {
         throw std::invalid_argument("draft length " + std::to_string(draft) + " is outside [0, " +
                                     std::to_string(Session::kMaxDraft) + "] (or auto)");
     }
+}
+
+std::string SpeculativeStats::summary(size_t head_bytes) const {
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "mtp:       %lld rounds, %lld drafted, %lld accepted (%.1f%%), %.2f accepted per round, "
+                  "%lld rollbacks, %lld plain steps\n",
+                  (long long)rounds, (long long)drafted, (long long)accepted, 100 * acceptance(),
+                  mean_accepted_length(), (long long)rollbacks, (long long)plain_steps);
+    std::string out = line;
+    out += "           acceptance by draft position:";
+    for (size_t i = 0; i < tried_at.size() && tried_at[i] > 0; ++i) {
+        std::snprintf(line, sizeof line, " %zu: %.1f%% of %lld", i + 1, 100.0 * double(accepted_at[i]) / double(tried_at[i]),
+                      (long long)tried_at[i]);
+        out += line;
+    }
+    std::snprintf(line, sizeof line, "\n           draft %.3f s, verify %.3f s; head weights %.1f MiB\n", draft_s, verify_s,
+                  double(head_bytes) / (1 << 20));
+    return out + line;
 }
 
 DraftPolicy::DraftPolicy(int draft) : draft_(draft) {}

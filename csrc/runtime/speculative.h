@@ -64,8 +64,10 @@ struct SpeculativeStats {
     double verify_s = 0;  // seconds in verify batches
 
     double acceptance() const { return drafted ? double(accepted) / double(drafted) : 0.0; }
-    // Tokens a verify round emits on average: its accepted drafts plus the token it started from.
+    // Accepted drafts per verify round (the round also emits the token it started from).
     double mean_accepted_length() const { return rounds ? double(accepted) / double(rounds) : 0.0; }
+    // Two or three lines for people: counts, acceptance by draft position, time, the head's memory.
+    std::string summary(size_t head_bytes) const;
 };
 
 // Chooses each round's draft length. Fixed lengths are returned as they are. "auto" picks the k in

@@ -269,6 +269,10 @@ class SpeculativeStats:
     """
     MTP drafting: what was drafted, accepted and what it cost.
     """
+    def summary(self, head_bytes: typing.SupportsInt | typing.SupportsIndex = 0) -> str:
+        """
+        Lines for people: counts, acceptance by draft position, time, the head's weights.
+        """
     @property
     def acceptance(self) -> float:
         ...

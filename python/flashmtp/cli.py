@@ -40,11 +40,11 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     try:
         t0 = time.perf_counter()
-        model = Model(args.model, threads=args.threads)
+        model = Model(args.model, threads=args.threads, mtp=args.mtp)
         load_s = time.perf_counter() - t0
         for piece in model.generate(args.prompt, max_tokens=args.n, temperature=args.temp, top_k=args.top_k,
                                     top_p=args.top_p, min_p=args.min_p, seed=args.seed, stream=True,
-                                    n_ctx=args.ctx):
+                                    n_ctx=args.ctx, draft=args.draft, draft_mode=args.draft_mode):
             sys.stdout.write(piece)
             sys.stdout.flush()
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
@@ -57,7 +57,29 @@ def _run_generate(args: argparse.Namespace) -> int:
     print(f"prompt:    {stats.n_prompt} tokens, {stats.prompt_tokens_per_s:.2f} tokens/s", file=sys.stderr)
     print(f"generated: {stats.n_generated} tokens, {stats.generated_tokens_per_s:.2f} tokens/s{eos}",
           file=sys.stderr)
+    if model.has_mtp and args.draft != 0:
+        print(stats.speculative.summary(model.engine.draft_head_bytes), end="", file=sys.stderr)
     return 0
+
+
+def _draft_length(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if not 0 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer in [0, 8], got {value}")
+    return value
+
+
+def _add_mtp_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mtp", default=None, metavar="HEAD.gguf",
+                        help="MTP sidecar GGUF: its head drafts tokens the model verifies in one batch")
+    parser.add_argument("--draft", type=_draft_length, default="auto",
+                        help="draft tokens per round with a head: 1..8, 0 off, auto (default: the length "
+                             "that measures fastest)")
+    parser.add_argument("--draft-mode", default="coupled", choices=["coupled", "residual", "greedy"],
+                        help="coupled (default) and greedy give the same text as without MTP for a seed; "
+                             "residual is classic speculative sampling (same distribution)")
 
 
 def _run_chat(args: argparse.Namespace) -> int:
@@ -101,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_non_negative_int, default=0)
     run.add_argument("-t", "--threads", type=int, default=2)
     run.add_argument("-c", "--ctx", type=int, default=0, help="context positions (0: prompt + max tokens)")
+    _add_mtp_options(run)
     run.set_defaults(run=_run_generate)
 
     chat = sub.add_parser("chat", help="interactive chat with the model's chat template (stdin lines)")
@@ -115,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("-t", "--threads", type=int, default=2)
     chat.add_argument("-c", "--ctx", type=int, default=0,
                       help="context positions (0: 4096, at most the training context)")
+    _add_mtp_options(chat)
     chat.set_defaults(run=_run_chat)
     convert = sub.add_parser("convert", help="convert a DeepSeek-V4 Hugging Face checkpoint to GGUF")
     convert.add_argument("hf_dir", help="checkpoint directory: config.json, *.safetensors, tokenizer.json")
