@@ -1,6 +1,6 @@
 """The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
 ``flashmtp chat -m MODEL``, ``flashmtp convert HF_DIR -o OUT.gguf``, ``flashmtp bench kernels``,
-``flashmtp bench decode -m MODEL``, ``flashmtp bench v4slice``."""
+``flashmtp bench decode -m MODEL``, ``flashmtp bench v4slice``, ``flashmtp bench mtp -m MODEL --mtp HEAD``."""
 
 from __future__ import annotations
 
@@ -94,6 +94,12 @@ def _run_bench_v4slice(args: argparse.Namespace) -> int:
     return run_bench_v4slice(args)
 
 
+def _run_bench_mtp(args: argparse.Namespace) -> int:
+    from flashmtp.bench.mtp import run_bench_mtp
+
+    return run_bench_mtp(args)
+
+
 def _run_bench_decode(args: argparse.Namespace) -> int:
     from flashmtp.bench.decode import run_bench_decode
     from flashmtp.testing.models import MODELS, fetch
@@ -182,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(v4slice)
     v4slice.set_defaults(run=_run_bench_v4slice)
+    mtp = bench_sub.add_parser("mtp", help="MTP speculative decoding: tokens/s off / draft 1-3 / auto and "
+                                           "acceptance per draft position, on held-out code and prose")
+    from flashmtp.bench.mtp import add_arguments as add_mtp_arguments
+
+    add_mtp_arguments(mtp)
+    mtp.set_defaults(run=_run_bench_mtp)
     return parser
 
 
