@@ -8,10 +8,7 @@ namespace flashmtp {
 
 namespace {
 
-constexpr double kDecay = 0.9;   // weight of earlier acceptance counts per new observation (~10 recent rounds)
-constexpr double kTimeEma = 0.3;  // weight of a new timing
-
-void ema(double &estimate, double value) { estimate = estimate == 0 ? value : estimate + kTimeEma * (value - estimate); }
+constexpr double kDecay = 0.9;  // weight of earlier acceptance counts per new observation (~10 recent rounds)
 
 }  // namespace
 
@@ -61,10 +58,18 @@ DraftPolicy::DraftPolicy(int draft) : draft_(draft) {}
 
 double DraftPolicy::acceptance_at(int i) const { return (accepted_[size_t(i)] + 1.0) / (tried_[size_t(i)] + 2.0); }
 
+double DraftPolicy::Timing::median() const {
+    const int n = std::min(count, kSamples);
+    if (n == 0) return 0;
+    std::array<double, kSamples> sorted = samples;
+    std::nth_element(sorted.begin(), sorted.begin() + n / 2, sorted.begin() + n);
+    return sorted[size_t(n / 2)];
+}
+
 double DraftPolicy::batch_seconds(int n_tokens) const {
     // Unmeasured sizes cost what the largest measured smaller batch did: optimistic, so they get tried.
     for (int n = n_tokens; n >= 1; --n) {
-        if (decode_s_[size_t(n)] > 0) return decode_s_[size_t(n)];
+        if (decode_s_[size_t(n)].count > 0) return decode_s_[size_t(n)].median();
     }
     return 0;
 }
@@ -80,38 +85,46 @@ double DraftPolicy::expected_tokens(int k) const {
 
 double DraftPolicy::round_seconds(int k) const {
     if (k == 0) return batch_seconds(1);
-    return first_s_ + (k - 1) * step_s_ + batch_seconds(k + 1);
+    return first_s_.median() + (k - 1) * step_s_.median() + batch_seconds(k + 1);
 }
 
 int DraftPolicy::choose(int limit) {
     limit = std::min(limit, Session::kMaxDraft);
     if (draft_ != SpeculativeParams::kAuto) return std::min(draft_, limit);
     if (limit <= 0) return 0;
-    // Measure a plain decode first, then one draft, then let the estimates decide.
-    if (decode_s_[1] == 0) return 0;
-    if (first_s_ == 0) return 1;
+    // Measure plain decoding first (the first one warms up), then one-token drafts, then let the estimates decide.
+    if (decode_s_[1].count == 0) return 0;
+    if (first_s_.count == 0 || decode_s_[2].count == 0) return 1;
     int best = 0;
-    double best_rate = expected_tokens(0) / round_seconds(0);
+    double best_rate = kMargin * expected_tokens(0) / round_seconds(0);
     for (int k = 1; k <= limit; ++k) {
         const double rate = expected_tokens(k) / round_seconds(k);
         if (rate > best_rate) best = k, best_rate = rate;
     }
-    if (best > 0) {
-        plain_rounds_ = 0;
-        return best;
+    if (best > 0) plain_interval_ = kProbeInterval;
+    const bool same_side = (best > 0) == (last_k_ > 0);
+    streak_ = same_side ? streak_ + 1 : 0;
+    if (best > 0 && streak_ >= kProbeInterval) {  // refresh the plain decode's cost
+        streak_ = 0;
+        return 0;
     }
-    if (++plain_rounds_ >= kProbeInterval) {
-        plain_rounds_ = 0;
+    if (best == 0 && streak_ >= plain_interval_) {  // measure the acceptance again
+        streak_ = 0;
+        plain_interval_ = std::min(2 * plain_interval_, kMaxProbeInterval);
         return 1;
     }
-    return 0;
+    return best;
 }
 
 void DraftPolicy::record(int k, int accepted, double first_s, double steps_s, double decode_s) {
-    ema(decode_s_[size_t(k + 1)], decode_s);
+    const size_t n = size_t(k + 1);
+    if (warm_[n]) decode_s_[n].add(decode_s);
+    warm_[n] = true;
+    const int previous_k = last_k_;
+    last_k_ = k;
     if (k == 0) return;
-    ema(first_s_, first_s);
-    if (k > 1) ema(step_s_, steps_s / (k - 1));
+    if (previous_k > 0 || first_s_.count == 0) first_s_.add(first_s);
+    if (k > 1) step_s_.add(steps_s / (k - 1));
     // Position i was tried if every earlier draft was accepted.
     for (int i = 0; i < k && i <= accepted; ++i) {
         tried_[size_t(i)] = kDecay * tried_[size_t(i)] + 1;

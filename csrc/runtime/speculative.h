@@ -75,11 +75,17 @@ struct SpeculativeStats {
 //   E(k) = 1 + a_1 + a_1 a_2 + ... + a_1..a_k, a_i the recent acceptance at draft position i given the earlier
 //          ones were accepted (decayed counts with a uniform prior, so the estimate follows the text: code
 //          and prose accept differently);
-//   T(k) = the measured seconds of the head's first step, k - 1 further steps and a verify batch of k + 1
-//          tokens (T(0) = one plain decode); batch sizes not measured yet are assumed to cost what the next
-//          smaller measured one did, which makes the policy try them.
-// While auto keeps choosing 0 it still drafts one token every kProbeInterval rounds, so that the acceptance
-// it would see is measured again.
+//   T(k) = the seconds of the head's first step, k - 1 further steps and a verify batch of k + 1 tokens
+//          (T(0) = one plain decode), each the median of its last kSamples measurements (a shared machine's
+//          spikes do not move it); batch sizes not measured yet are assumed to cost what the next smaller
+//          measured one did, which makes the policy try them. The first decode of each size is not counted
+//          (it grows buffers), nor the head's first step after plain rounds (it catches up with them: a
+//          probe's cost, not a drafting round's).
+// Drafting must promise kMargin more tokens/s than plain decoding: a wrong guess costs a whole verify batch.
+// Estimates of the option not taken go stale, so auto takes the other one now and then: a plain decode
+// every kProbeInterval drafting rounds; a one-token draft after kProbeInterval plain rounds, then after twice
+// as many each time a probe does not make drafting pay (up to kMaxProbeInterval), so that text on which the
+// head is useless pays for few probes.
 class DraftPolicy {
 public:
     explicit DraftPolicy(int draft);  // SpeculativeParams::draft
@@ -93,16 +99,30 @@ public:
     double batch_seconds(int n_tokens) const;
 
     static constexpr int kProbeInterval = 32;
+    static constexpr int kMaxProbeInterval = 1024;
+    static constexpr double kMargin = 1.05;
+    static constexpr int kSamples = 9;
 
 private:
+    // The median of the latest kSamples timings of one kind; 0 before the first.
+    struct Timing {
+        std::array<double, kSamples> samples{};
+        int count = 0;
+        void add(double seconds) { samples[size_t(count++ % kSamples)] = seconds; }
+        double median() const;
+    };
+
     double expected_tokens(int k) const;
     double round_seconds(int k) const;
 
     int draft_;
     std::array<double, Session::kMaxDraft> tried_{}, accepted_{};  // decayed counts per draft position
-    std::array<double, Session::kMaxDraft + 2> decode_s_{};      // [n_tokens] EMA of a decode of n tokens; 0: unseen
-    double first_s_ = 0, step_s_ = 0;                            // EMA of the head's first and further steps
-    int plain_rounds_ = 0;                                        // consecutive rounds auto chose 0
+    std::array<Timing, Session::kMaxDraft + 2> decode_s_{};      // [n_tokens] a decode of n tokens
+    std::array<bool, Session::kMaxDraft + 2> warm_{};             // [n_tokens] a decode of n tokens was seen
+    Timing first_s_, step_s_;                                     // the head's first and further steps
+    int last_k_ = 0;                                              // the previous round's draft length
+    int streak_ = 0;                                              // consecutive rounds on the same side of 0
+    int plain_interval_ = kProbeInterval;                         // plain rounds before the next draft probe
 };
 
 }  // namespace flashmtp
