@@ -197,6 +197,19 @@ def test_greedy_speculative_output_is_plain_greedy(files: dict[str, Path]) -> No
     assert accepted > 50 and rejected > 100, (accepted, rejected)
 
 
+def test_chat_with_drafts_gives_the_same_replies(files: dict[str, Path]) -> None:
+    """A kept session across turns (prefix reuse, rewinds) with drafting: the same replies as without."""
+    from flashmtp.chat import Chat, ChatTemplate
+
+    model = flashmtp.Model(files["peaked"], threads=1, mtp=mtp_path(files["peaked"]))
+    template = ChatTemplate("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    chats = [Chat(model, template=template, max_tokens=30, temperature=0, mtp=mtp) for mtp in (False, True)]
+    for text in ["the quick brown fox", "jumps over", "the lazy dog"]:
+        plain, drafted = (chat.send(text) for chat in chats)
+        assert drafted == plain
+    assert chats[1].last_stats.speculative.drafted > 0
+
+
 @pytest.mark.parametrize("mode", ["coupled", "greedy"])
 def test_seed_stable_modes_sample_the_plain_text(files: dict[str, Path], mode: str) -> None:
     model = flashmtp.Model(files["peaked"], threads=1, mtp=mtp_path(files["peaked"]))
