@@ -118,8 +118,10 @@ public:
     void rewind(ModelState &state, int64_t n_past) const override {
         Ds4StateBox &box = static_cast<Ds4StateBox &>(state);
         deepseek4_rewind(model_, box.state, n_past);
-        // Head position i read the token at i + 1: only those before n_past - 1 keep a decoded token.
+        // Head position i read the main streams at i and the token at i + 1: only positions before n_past - 1
+        // keep both; the pending one (draft_first) loses its token when n_past <= its position + 1.
         box.head_valid = std::min(box.head_valid, std::max<int64_t>(0, n_past - 1));
+        if (n_past <= box.pending_position + 1) box.pending_position = -1;
     }
 
     bool has_draft_head() const override { return head_.has_value(); }
@@ -155,7 +157,10 @@ public:
         }
         const int64_t valid = std::min(box.head_valid, n_past - 1);
         int64_t start = valid;
-        if (valid >= n_past - shape.window && valid >= attn.first_position && attn.n_past - valid <= attn.rewind_depth) {
+        // Reuse the head's state from `valid` on if it still holds every key the queries from there read: a
+        // state that started without its history (seek) has the keys from first_position on only.
+        const bool has_keys = attn.first_position == 0 || valid >= attn.first_position + shape.window - 1;
+        if (valid >= n_past - shape.window && has_keys && attn.n_past - valid <= attn.rewind_depth) {
             ds4_attention_rewind(shape, attn, valid);
         } else {
             start = std::max<int64_t>(0, n_past - shape.window);

@@ -262,7 +262,7 @@ def test_residual_mode_samples_the_main_distribution(files: dict[str, Path]) -> 
 
 # ---- rewind ------------------------------------------------------------------------------------------------
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(["decode", "draft", "verify", "rewind"]), st.integers(1, 6),
                           st.integers(0, 299)), min_size=1, max_size=14))
 def test_random_decode_draft_rewind_sequences_are_exact(files: dict[str, Path], ops) -> None:
