@@ -83,12 +83,28 @@ bool parse_generation_option(const std::string &a, const std::string &v, flashmt
     return true;
 }
 
+// --draft: auto by default when the engine has a draft head, off without one; asking for drafts without a
+// head is an error rather than a silent no-op.
+constexpr int kDraftUnset = -2;
+void settle_draft(flashmtp::GenerateParams &params, const flashmtp::Engine &engine) {
+    const bool given = params.speculative.draft != kDraftUnset;
+    if (engine.has_draft_head()) {
+        if (!given) params.speculative.draft = flashmtp::SpeculativeParams::kAuto;
+        return;
+    }
+    if (given && params.speculative.draft != 0) {
+        throw UsageError{"--draft needs an MTP draft head: pass --mtp HEAD.gguf (or a model file that carries "
+                         "its MTP block)"};
+    }
+    params.speculative.draft = 0;
+}
+
 int cmd_run(const Args &args) {
     std::string model, mtp;
     std::optional<std::string> prompt;  // "" is a prompt (BOS only), so absence is tracked apart
     int n_threads = 2;
     flashmtp::GenerateParams params;
-    params.speculative.draft = flashmtp::SpeculativeParams::kAuto;  // used when the engine has a head
+    params.speculative.draft = kDraftUnset;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string &a = args[i];
         if (i + 1 >= args.size()) throw UsageError{"unknown option or missing value: '" + a + "'"};
@@ -104,7 +120,7 @@ int cmd_run(const Args &args) {
 
     const auto t0 = std::chrono::steady_clock::now();
     const auto engine = flashmtp::Engine::load(model, n_threads, mtp);
-    if (!engine->has_draft_head()) params.speculative.draft = 0;
+    settle_draft(params, *engine);
     const auto tokenizer = flashmtp::Tokenizer::from_gguf(*flashmtp::GGUFFile::open(model));
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -136,7 +152,7 @@ int cmd_chat(const Args &args) {
     int n_ctx = 0;
     flashmtp::GenerateParams params;
     params.max_tokens = 512;
-    params.speculative.draft = flashmtp::SpeculativeParams::kAuto;  // used when the engine has a head
+    params.speculative.draft = kDraftUnset;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string &a = args[i];
         if (i + 1 >= args.size()) throw UsageError{"unknown option or missing value: '" + a + "'"};
@@ -155,7 +171,7 @@ int cmd_chat(const Args &args) {
 
     const auto t0 = std::chrono::steady_clock::now();
     const auto engine = flashmtp::Engine::load(model, n_threads, mtp);
-    if (!engine->has_draft_head()) params.speculative.draft = 0;
+    settle_draft(params, *engine);
     const auto file = flashmtp::GGUFFile::open(model);
     const auto tokenizer = flashmtp::Tokenizer::from_gguf(*file);
     const auto chat_template = flashmtp::ChatTemplate::from_gguf(*file, tokenizer);

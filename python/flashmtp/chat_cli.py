@@ -55,11 +55,13 @@ def repl(chat: Chat, lines: TextIO, out: TextIO, err: TextIO, interactive: bool)
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from flashmtp.cli import check_draft_head
     from flashmtp.model import Model
 
     try:
         t0 = time.perf_counter()
         model = Model(args.model, threads=args.threads, mtp=args.mtp)
+        check_draft_head(model, args.draft)
         chat = Chat(model, system=args.system, n_ctx=args.ctx or None, max_tokens=args.n,
                     temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     seed=args.seed, draft=args.draft, draft_mode=args.draft_mode)

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flashmtp.model import Model
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -41,6 +45,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     try:
         t0 = time.perf_counter()
         model = Model(args.model, threads=args.threads, mtp=args.mtp)
+        check_draft_head(model, args.draft)
         load_s = time.perf_counter() - t0
         for piece in model.generate(args.prompt, max_tokens=args.n, temperature=args.temp, top_k=args.top_k,
                                     top_p=args.top_p, min_p=args.min_p, seed=args.seed, stream=True,
@@ -60,6 +65,13 @@ def _run_generate(args: argparse.Namespace) -> int:
     if model.has_mtp and args.draft != 0:
         print(stats.speculative.summary(model.engine.draft_head_bytes), end="", file=sys.stderr)
     return 0
+
+
+def check_draft_head(model: Model, draft: int | str) -> None:
+    """--draft N without a head is an error, not a silent no-op (auto falls back to off)."""
+    if draft not in ("auto", 0) and not model.has_mtp:
+        raise ValueError("--draft needs an MTP draft head: pass --mtp HEAD.gguf (or a model file that "
+                         "carries its MTP block)")
 
 
 def _draft_length(text: str) -> int | str:

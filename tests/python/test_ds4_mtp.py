@@ -401,3 +401,5 @@ def test_run_command_with_a_head_prints_the_same_text(files: dict[str, Path], cl
     assert "acceptance by draft position: 1:" in with_head.stderr
     bad = subprocess.run(command + ["--mtp", str(main)], capture_output=True, text=True)
     assert bad.returncode != 0 and "no MTP block" in bad.stderr
+    no_head = subprocess.run(command + ["--draft", "2"], capture_output=True, text=True)
+    assert no_head.returncode != 0 and "--draft needs an MTP draft head" in no_head.stderr
