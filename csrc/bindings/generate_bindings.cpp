@@ -17,6 +17,26 @@ namespace py = pybind11;
 namespace flashmtp {
 
 void bind_generate(py::module_ &m) {
+    py::class_<SpeculativeStats>(m, "SpeculativeStats", "MTP drafting: what was drafted, accepted and what it cost.")
+        .def_readonly("rounds", &SpeculativeStats::rounds, "verify batches (rounds that drafted)")
+        .def_readonly("drafted", &SpeculativeStats::drafted, "draft tokens verified")
+        .def_readonly("accepted", &SpeculativeStats::accepted, "draft tokens accepted")
+        .def_readonly("rollbacks", &SpeculativeStats::rollbacks, "rounds that rejected a draft and rewound")
+        .def_readonly("plain_steps", &SpeculativeStats::plain_steps, "rounds that drafted nothing")
+        .def_property_readonly("tried_at", [](const SpeculativeStats &s) {
+            return std::vector<int64_t>(s.tried_at.begin(), s.tried_at.end());
+        }, "drafts verified at draft position i + 1")
+        .def_property_readonly("accepted_at", [](const SpeculativeStats &s) {
+            return std::vector<int64_t>(s.accepted_at.begin(), s.accepted_at.end());
+        }, "of which accepted")
+        .def_readonly("draft_s", &SpeculativeStats::draft_s, "seconds in the draft head")
+        .def_readonly("verify_s", &SpeculativeStats::verify_s, "seconds in verify batches")
+        .def_property_readonly("acceptance", &SpeculativeStats::acceptance)
+        .def_property_readonly("mean_accepted_length", &SpeculativeStats::mean_accepted_length,
+                               "accepted drafts per verify round")
+        .def("summary", &SpeculativeStats::summary, py::arg("head_bytes") = 0,
+             "Lines for people: counts, acceptance by draft position, time, the head's weights.");
+
     py::class_<GenerateStats>(m, "GenerateStats", "Token counts and timings of one generation.")
         .def_readonly("n_prompt", &GenerateStats::n_prompt, "prompt tokens, BOS included")
         .def_readonly("n_reused", &GenerateStats::n_reused, "leading prompt tokens kept from a session's cache")
@@ -24,7 +44,8 @@ void bind_generate(py::module_ &m) {
                       "sampled tokens, an ending end-of-generation token included")
         .def_readonly("stopped_at_eos", &GenerateStats::stopped_at_eos)
         .def_readonly("prefill_s", &GenerateStats::prefill_s, "seconds of the prompt's decode")
-        .def_readonly("generate_s", &GenerateStats::generate_s, "seconds of sampling and decoding after it")
+        .def_readonly("generate_s", &GenerateStats::generate_s, "seconds of sampling, drafting and decoding after it")
+        .def_readonly("speculative", &GenerateStats::speculative)
         .def_property_readonly("prompt_tokens_per_s", &GenerateStats::prompt_tokens_per_s)
         .def_property_readonly("generated_tokens_per_s", &GenerateStats::generated_tokens_per_s)
         .def("__repr__", [](const GenerateStats &s) {
@@ -39,8 +60,10 @@ void bind_generate(py::module_ &m) {
                            "One prompt's generation, stepped per token, over a fresh session or a kept one (chat).")
         .def(py::init([](const Engine &engine, const Tokenizer &tokenizer, const std::string &prompt,
                          int max_tokens, int n_ctx, float temperature, int top_k, float top_p, float min_p,
-                         uint64_t seed, bool add_special, bool parse_special) {
+                         uint64_t seed, bool add_special, bool parse_special, int draft, const std::string &mode) {
                  GenerateParams p;
+                 p.speculative.draft = draft;
+                 p.speculative.mode = parse_draft_mode(mode);
                  p.max_tokens = max_tokens;
                  p.n_ctx = n_ctx;
                  p.add_special = add_special;
@@ -54,12 +77,16 @@ void bind_generate(py::module_ &m) {
              }),
              py::arg("engine"), py::arg("tokenizer"), py::arg("prompt"), py::arg("max_tokens"), py::arg("n_ctx"),
              py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("seed"),
-             py::arg("add_special") = true, py::arg("parse_special") = false, py::keep_alive<1, 3>())
+             py::arg("add_special") = true, py::arg("parse_special") = false, py::arg("draft") = 0,
+             py::arg("draft_mode") = "coupled", py::keep_alive<1, 3>(),
+             "draft: MTP draft tokens per round (0 off, 1..8, -1 auto); draft_mode: coupled, residual or greedy.")
         // Over a kept session (a chat): keeps the session and the tokenizer alive.
         .def(py::init([](Session &session, const Tokenizer &tokenizer, std::vector<int32_t> prompt,
                          const std::vector<int32_t> &cached, int max_tokens, float temperature, int top_k,
-                         float top_p, float min_p, uint64_t seed) {
+                         float top_p, float min_p, uint64_t seed, int draft, const std::string &mode) {
                  GenerateParams p;
+                 p.speculative.draft = draft;
+                 p.speculative.mode = parse_draft_mode(mode);
                  p.max_tokens = max_tokens;
                  p.sampler.temperature = temperature;
                  p.sampler.top_k = top_k;
@@ -70,7 +97,7 @@ void bind_generate(py::module_ &m) {
              }),
              py::arg("session"), py::arg("tokenizer"), py::arg("prompt"), py::arg("cached"), py::arg("max_tokens"),
              py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("seed"),
-             py::keep_alive<1, 2>(), py::keep_alive<1, 3>(),
+             py::arg("draft") = 0, py::arg("draft_mode") = "coupled", py::keep_alive<1, 2>(), py::keep_alive<1, 3>(),
              "Prompt token ids over a session holding `cached` (earlier tokens): only the part after their "
              "common prefix is decoded.")
         .def("step",

@@ -34,6 +34,16 @@ py::array_t<float> session_decode(Session &session, const py::array &tokens_in, 
     return logits;
 }
 
+// The draft head's logits [n_vocab] (float32) for the token after `token` (Session::draft / draft_next).
+template <void (Session::*step)(int32_t, float *)>
+py::array_t<float> session_draft(Session &session, int32_t token) {
+    py::array_t<float> logits(py::ssize_t(session.n_vocab()));
+    float *out = logits.mutable_data();
+    py::gil_scoped_release release;
+    (session.*step)(token, out);
+    return logits;
+}
+
 }  // namespace
 
 void bind_model(py::module_ &m) {
@@ -43,17 +53,30 @@ void bind_model(py::module_ &m) {
              " n_logits tokens (default: all; 1: the next token's; 0: none).")
         .def("rewind", &Session::rewind, py::arg("n_past"),
              "Drop every position from n_past on (exact: as if they had never been decoded).")
+        .def("draft", &session_draft<&Session::draft>, py::arg("next"),
+             "MTP draft head: `next` is the token at position n_past (sampled, not decoded); returns the head's"
+             " float32 logits [n_vocab] for the token at n_past + 1.")
+        .def("draft_next", &session_draft<&Session::draft_next>, py::arg("drafted"),
+             "The head's logits for the position after `drafted` (the token chosen from the previous draft"
+             " logits); at most max_draft tokens per draft.")
+        .def_property_readonly_static("max_draft", [](const py::object &) { return Session::kMaxDraft; })
+        .def_property_readonly_static("rewind_depth", [](const py::object &) { return Session::rewind_depth(); },
+                                      "Positions a rewind drops in place; longer rewinds re-run the kept tokens.")
         .def_property_readonly("n_past", &Session::n_past)
         .def_property_readonly("n_ctx", &Session::n_ctx)
         .def_property_readonly("n_vocab", &Session::n_vocab)
         .def_property_readonly("state_size", &Session::state_size, "Bytes of per-sequence state (fp32 KV cache).");
 
     py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "A model's validated, read-only weights and threads.")
-        .def(py::init([](const std::string &path, int threads) {
+        .def(py::init([](const std::string &path, int threads, const std::string &mtp) {
                  py::gil_scoped_release release;
-                 return Engine::load(path, threads);
+                 return Engine::load(path, threads, mtp);
              }),
-             py::arg("path"), py::arg("threads") = 2)
+             py::arg("path"), py::arg("threads") = 2, py::arg("mtp") = "",
+             "Load a GGUF model; mtp: an MTP sidecar GGUF for the draft head (deepseek4).")
+        .def_property_readonly("has_draft_head", &Engine::has_draft_head)
+        .def_property_readonly("draft_head_bytes", &Engine::draft_head_bytes,
+                               "Bytes of weights only the draft head reads (shared embedding and output excluded).")
         .def_property_readonly("architecture", &Engine::architecture)
         .def_property_readonly("n_vocab", &Engine::n_vocab)
         .def_property_readonly("n_embd", &Engine::n_embd)

@@ -29,8 +29,23 @@ public:
     // Positions decoded so far.
     virtual int n_past() const = 0;
     // Drops every position from n_past on: later decodes give bit-identical results to a session that never
-    // saw them. Throws std::invalid_argument unless 0 <= n_past <= n_past().
+    // saw them. Throws std::invalid_argument unless 0 <= n_past <= n_past(). Dropping up to rewind_depth()
+    // positions (a rejected draft) only truncates; a longer rewind of a model with rings (deepseek4) re-runs
+    // the kept tokens.
     virtual void rewind(int n_past) = 0;
+    // Positions a rewind drops in place, whatever the model (kMaxDraft + 1 drafts and more).
+    static constexpr int rewind_depth() { return 16; }
+
+    // The MTP draft head (engines with Engine::has_draft_head()). `next` is the token at position n_past(),
+    // sampled from the last logits and not decoded yet: writes the head's logits [n_vocab] for the token at
+    // n_past() + 1, catching the head up with the positions decoded since it last ran. Then draft_next(d)
+    // with the token d chosen from them gives the logits for the position after d, up to kMaxDraft tokens in
+    // all. Decoding or rewinding ends a draft; the head's state follows the session's (rewinds included).
+    // Throws std::logic_error without a head, std::invalid_argument for a token outside the vocabulary, an
+    // empty session, or more than kMaxDraft drafts.
+    static constexpr int kMaxDraft = 8;
+    virtual void draft(int32_t next, float *logits) = 0;
+    virtual void draft_next(int32_t drafted, float *logits) = 0;
     // Positions the session can hold.
     virtual int n_ctx() const = 0;
     // Its engine's vocabulary size: the row length of decode's logits.
@@ -45,7 +60,9 @@ public:
     // Maps the GGUF file at `path` and validates it for its architecture (llama, qwen2, deepseek4):
     // hyperparameters and every tensor's name, shape and type. Throws flashmtp::GGUFError (core/error.h; a std::runtime_error)
     // naming the file, the tensor or key, and expected vs found. n_threads >= 1 counts the calling thread.
-    static std::shared_ptr<Engine> load(const std::string &path, int n_threads = 1);
+    // mtp_path: an MTP sidecar GGUF for the draft head (deepseek4; checked against the main model). Without
+    // one, a deepseek4 file that carries its MTP block gets its head from there.
+    static std::shared_ptr<Engine> load(const std::string &path, int n_threads = 1, const std::string &mtp_path = "");
     virtual ~Engine() = default;
 
     virtual const std::string &architecture() const = 0;
@@ -57,6 +74,9 @@ public:
     virtual int n_ff() const = 0;
     virtual int n_ctx_train() const = 0;
     virtual int n_threads() const = 0;
+    // Whether a draft head is loaded (Session::draft), and the bytes of weights only it reads.
+    virtual bool has_draft_head() const = 0;
+    virtual size_t draft_head_bytes() const = 0;
 
     // A new, empty timeline of n_ctx positions (0: the training context). The session keeps the engine alive.
     // Throws std::invalid_argument if n_ctx is negative.

@@ -74,7 +74,7 @@ int64_t series_count(Ds4AttentionKind kind) { return kind == DS4_ATTN_CSA ? 2 : 
 // (window 0 has no previous slots: they would weigh exp(-inf) = 0). Then RMS_w and RoPE at position w * m.
 void compressor_pool(int64_t w, int64_t m, int64_t c, int64_t dim, const float *norm, float eps, int64_t n_rot,
                      const float *freqs, Ds4CompressorState &state, float *weights /* [2 m + n_rot] */) {
-    const int64_t ring = c * m, row = c * dim;
+    const int64_t ring = state.rows, row = c * dim;
     const int64_t n_previous = c == 2 && w > 0 ? m : 0, n_slots = n_previous + m;
     // Slot s's offset into the ring for channel 0 of its series: previous window's first series, then this one's
     // last series.
@@ -113,7 +113,7 @@ void compressor_update(const Ds4CompressorWeights &weights, int64_t m, int64_t c
     const int64_t row = c * dim;
     if (pool_weights.size() < size_t(2 * m + n_rot)) pool_weights.resize(size_t(2 * m + n_rot));
     for (int64_t t = 0; t < n_tokens; ++t) {
-        const int64_t position = n_past + t, slot = position % (c * m);
+        const int64_t position = n_past + t, slot = position % state.rows;
         const float *ape = weights.ape + (position % m) * row;
         std::copy(kv + t * row, kv + (t + 1) * row, state.kv.data() + slot * row);
         for (int64_t j = 0; j < row; ++j) state.score[slot * row + j] = gate[t * row + j] + ape[j];
@@ -214,11 +214,16 @@ void ds4_attention_validate(const Ds4AttentionShape &s, const Ds4AttentionWeight
     }
 }
 
-void ds4_attention_state_init(const Ds4AttentionShape &s, Ds4AttentionState &state) {
+void ds4_attention_state_init(const Ds4AttentionShape &s, Ds4AttentionState &state, int64_t rewind_depth) {
+    require(rewind_depth >= 0, "rewind_depth " + std::to_string(rewind_depth) + " is negative");
     state.n_past = 0;
-    state.window_kv.assign(size_t(s.window * s.head_dim), 0.0f);
+    state.first_position = 0;
+    state.rewind_depth = rewind_depth;
+    state.window_rows = s.window + rewind_depth;
+    state.window_kv.assign(size_t(state.window_rows * s.head_dim), 0.0f);
     const auto init = [&](Ds4CompressorState &c, int64_t series, int64_t dim) {
-        c.kv.assign(size_t(series * s.compress_ratio * series * dim), 0.0f);
+        c.rows = series > 0 ? series * s.compress_ratio + rewind_depth : 0;
+        c.kv.assign(size_t(c.rows * series * dim), 0.0f);
         c.score.assign(c.kv.size(), 0.0f);
         c.entries.clear();
     };
@@ -226,11 +231,29 @@ void ds4_attention_state_init(const Ds4AttentionShape &s, Ds4AttentionState &sta
     init(state.indexer, s.kind == DS4_ATTN_CSA ? 2 : 0, s.index_head_dim);
 }
 
+void ds4_attention_rewind(const Ds4AttentionShape &s, Ds4AttentionState &state, int64_t n_past) {
+    require(n_past >= std::max(state.n_past - state.rewind_depth, state.first_position) && n_past <= state.n_past,
+            "rewind to position " + std::to_string(n_past) + " from " + std::to_string(state.n_past) +
+                " is outside the state's rewind depth of " + std::to_string(state.rewind_depth));
+    if (s.kind != DS4_ATTN_WINDOW) {
+        // entries of the windows complete before n_past, w < floor(n_past / m)
+        state.compressor.entries.resize(size_t(n_past / s.compress_ratio * s.head_dim));
+        if (s.kind == DS4_ATTN_CSA) state.indexer.entries.resize(size_t(n_past / s.compress_ratio * s.index_head_dim));
+    }
+    state.n_past = n_past;
+}
+
+void ds4_attention_seek(const Ds4AttentionShape &s, Ds4AttentionState &state, int64_t p) {
+    require(s.kind == DS4_ATTN_WINDOW, "seek: only a window layer can start without its history");
+    require(p >= 0, "seek: position " + std::to_string(p) + " is negative");
+    state.n_past = state.first_position = p;
+}
+
 void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights &w, const float *rope_freqs,
                            const float *x, int64_t n_tokens, float *out, Ds4AttentionState &state,
                            ThreadPool &pool, Ds4AttentionScratch &scratch) {
     ds4_attention_validate(s, w);
-    require(state.window_kv.size() == size_t(s.window * s.head_dim),
+    require(state.window_rows >= s.window && state.window_kv.size() == size_t(state.window_rows * s.head_dim),
             "state is not sized for this shape (ds4_attention_state_init)");
     if (n_tokens <= 0) return;
     const int64_t n_past = state.n_past, d = s.head_dim, n_head = s.n_head, m = s.compress_ratio;
@@ -370,7 +393,7 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
         scratch.thread_keys.resize(size_t(pool.n_threads() * max_keys));
     }
     const float *entries = c > 0 ? state.compressor.entries.data() : nullptr;  // [n_entries, head_dim]
-    const float *window_ring = state.window_kv.data();                           // [window, head_dim]
+    const float *window_ring = state.window_kv.data();                           // [window_rows, head_dim]
     const VecDotFn dot = kernels().vec_dot[DTYPE_F32];
     const ExpRowFn exp_row = kernels().exp_row;
     const float scale = 1.0f / std::sqrt(float(d));
@@ -383,8 +406,8 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
         // entries, all visible ones (HCA) or the indexer's choice (CSA)
         const float **keys = scratch.thread_keys.data() + thread * max_keys;  // [n_keys]
         int64_t n_keys = 0;
-        for (int64_t p = std::max<int64_t>(0, position - s.window + 1); p <= position; ++p) {
-            keys[n_keys++] = p >= n_past ? kv + (p - n_past) * d : window_ring + (p % s.window) * d;
+        for (int64_t p = std::max(state.first_position, position - s.window + 1); p <= position; ++p) {
+            keys[n_keys++] = p >= n_past ? kv + (p - n_past) * d : window_ring + (p % state.window_rows) * d;
         }
         if (s.kind == DS4_ATTN_HCA) {
             for (int64_t e = 0; e < visible_entries(position, m); ++e) keys[n_keys++] = entries + e * d;
@@ -417,8 +440,8 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
     });
 
     // ---- the batch's keys into the ring (after the queries read the older rows they replace)
-    for (int64_t t = std::max<int64_t>(0, n_tokens - s.window); t < n_tokens; ++t) {
-        std::copy(kv + t * d, kv + (t + 1) * d, state.window_kv.data() + ((n_past + t) % s.window) * d);
+    for (int64_t t = std::max<int64_t>(0, n_tokens - state.window_rows); t < n_tokens; ++t) {
+        std::copy(kv + t * d, kv + (t + 1) * d, state.window_kv.data() + ((n_past + t) % state.window_rows) * d);
     }
     state.n_past += n_tokens;
 

@@ -81,20 +81,26 @@ std::vector<float> ds4_rope_freqs_yarn(int64_t n_rot, double theta, double facto
 
 // A compressor's per-sequence state.
 struct Ds4CompressorState {
-    // Projections of the last c * m positions, position p in row p % (c * m): a window is pooled when its last
-    // token arrives, and CSA's entry w also reads window w - 1, so these rows are all it ever needs.
-    std::vector<float> kv;       // [c * m, c * dim]
-    std::vector<float> score;    // [c * m, c * dim]  gate logits + ape
+    // Projections of the latest c * m + rewind_depth positions, position p in row p % rows: a window is pooled
+    // when its last token arrives, and CSA's entry w also reads window w - 1, so c * m rows are all a forward
+    // pass needs; the rewind_depth more keep the rows a rewind of that many positions needs again.
+    int64_t rows = 0;
+    std::vector<float> kv;       // [rows, c * dim]
+    std::vector<float> score;    // [rows, c * dim]  gate logits + ape
     std::vector<float> entries;  // [n_entries, dim]  pooled, normed, rotated at position w * m; grows
 };
 
-// One sequence's state of one layer. Rewinding to position p (not implemented) needs the window keys of
-// positions [p - window, p), the compressor rows of positions [(floor(p / m) - c + 1) * m, p) and the first
-// floor(p / m) entries: the rings hold only the latest positions, so a rewinding session must keep older
-// rows elsewhere (or re-run the tokens from the last window boundary) before it overwrites them.
+// One sequence's state of one layer, indexed by absolute position. Rewinding to position p needs the window
+// keys of positions [p - window, p), the compressor rows of positions [(floor(p / m) - c + 1) * m, p) and the
+// first floor(p / m) entries. The rings keep rewind_depth positions beyond what a forward pass reads, so a
+// rewind by up to rewind_depth positions only drops entries and moves n_past: every row it needs is still
+// there, and the rows of dropped positions are rewritten before anything reads them.
 struct Ds4AttentionState {
     int64_t n_past = 0;             // positions processed
-    std::vector<float> window_kv;   // [window, head_dim]: position p's normed, rotated kv in row p % window
+    int64_t first_position = 0;     // window layers: keys before it are not read (ds4_attention_seek)
+    int64_t rewind_depth = 0;       // positions ds4_attention_rewind may drop
+    int64_t window_rows = 0;        // window + rewind_depth
+    std::vector<float> window_kv;   // [window_rows, head_dim]: position p's normed, rotated kv in row p % window_rows
     Ds4CompressorState compressor;  // HCA, CSA
     Ds4CompressorState indexer;     // CSA
 };
@@ -102,8 +108,19 @@ struct Ds4AttentionState {
 // Throws std::invalid_argument naming the first size that does not fit the shape.
 void ds4_attention_validate(const Ds4AttentionShape &shape, const Ds4AttentionWeights &weights);
 
-// Sizes an empty state (n_past = 0) for the shape.
-void ds4_attention_state_init(const Ds4AttentionShape &shape, Ds4AttentionState &state);
+// Sizes an empty state (n_past = 0) for the shape, with rings that allow rewinds of up to rewind_depth positions.
+void ds4_attention_state_init(const Ds4AttentionShape &shape, Ds4AttentionState &state, int64_t rewind_depth = 0);
+
+// Drops positions [n_past, state.n_past): the state becomes bit-identical in everything later forward passes
+// read to one that only ever saw positions [0, n_past). Throws std::invalid_argument unless
+// max(state.n_past - rewind_depth, state.first_position) <= n_past <= state.n_past.
+void ds4_attention_rewind(const Ds4AttentionShape &shape, Ds4AttentionState &state, int64_t n_past);
+
+// Window layers only: moves an empty or any state to position p as if positions [0, p) had been seen but
+// without their keys: queries read window keys from p on. Keys of later positions are exact, and a query at
+// position q >= p + window - 1 is exactly what it would be with the full history (its window starts at p or
+// later). The MTP head uses it to catch up from the last window of the main model's positions only.
+void ds4_attention_seek(const Ds4AttentionShape &shape, Ds4AttentionState &state, int64_t p);
 
 // Work buffers reused across calls; they grow to the largest batch and context seen. One per caller.
 struct Ds4AttentionScratch {

@@ -33,7 +33,7 @@ size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 struct MatmulPlan {
     VecDotFn dot;
-    GemvFn gemv;                // dot over a range of rows, for a single token
+    DotRowsFn dot_rows;         // dot over a range of rows, for up to VEC_DOT_MAX_X tokens
     QuantizeRowFn quantize;     // f32 row -> the weight type's vec_dot_type
     size_t activation_stride;   // bytes per quantized token row, rounded up to kAlign
 };
@@ -67,7 +67,7 @@ MatmulPlan plan_or_throw(const WeightMatrix &w, int64_t n_tokens, const KernelTa
                                     " bytes is shorter than a " + name + " row of " + std::to_string(w.n_cols) +
                                     " columns (" + std::to_string(row_bytes) + " bytes)");
     }
-    return {dot, table.gemv[w.type], quantize, round_up(dtype_row_size(*activation, w.n_cols), kAlign)};
+    return {dot, table.dot_rows[w.type], quantize, round_up(dtype_row_size(*activation, w.n_cols), kAlign)};
 }
 
 }  // namespace
@@ -192,9 +192,9 @@ void matmul_grouped(const MatmulProblem *problems, int n_problems, ThreadPool &p
         const auto *w_bytes = static_cast<const uint8_t *>(w.data);
         const int64_t r_begin = (chunk - part.first_chunk) * part.rows_per_chunk;
         const int64_t r_end = std::min(n_rows, r_begin + part.rows_per_chunk);
-        if (n_tokens == 1) {  // GEMV: the same bits as the loop below gives a single token (kernels.h)
-            part.plan.gemv(n_cols, w_bytes + size_t(r_begin) * w.row_stride, w.row_stride, r_end - r_begin,
-                           part.xq, y + r_begin);
+        if (n_tokens <= VEC_DOT_MAX_X) {  // decode, verify: the same bits as the loop below (kernels.h)
+            part.plan.dot_rows(n_cols, w_bytes + size_t(r_begin) * w.row_stride, w.row_stride, r_end - r_begin,
+                               part.xq, x_stride, int(n_tokens), y + r_begin, size_t(n_rows));
             return;
         }
         for (int64_t t_block = 0; t_block < n_tokens; t_block += kTokenBlock) {

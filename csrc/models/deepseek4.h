@@ -50,16 +50,24 @@ struct Ds4Model {
     std::vector<float> rope_main, rope_compress;
 };
 
+class TensorBinder;
+
 // Reads and validates the hyperparameters and every tensor of `file`: each expected tensor must exist with
 // its shape and a usable type, and no other tensor may be present except an MTP block (blk.<n_layer>.*, with
 // nextn_predict_layers = 1), which this model leaves to the MTP head. Throws GGUFError naming the file, the
 // key or tensor, and expected vs found. The views point into `file`'s mapping.
 Ds4Model deepseek4_load(const GGUFFile &file);
 
+// Pieces of the loader the MTP head's loader shares (models/deepseek4_mtp.cpp): the hyperparameters of a file
+// (a sidecar's too), and the views of block il (blk.<il>.*), validated, throwing GGUFError as above.
+Ds4Hparams deepseek4_read_hparams(const GGUFFile &file);
+Ds4Layer deepseek4_bind_block(const GGUFFile &file, TensorBinder &bind, const Ds4Hparams &h, int64_t il,
+                              bool hash_routed);
+
 // Everything one sequence owns: every layer's attention state (sliding-window ring, compressor rings and
 // compressed entries) and the activation buffers, sized for the largest batch seen so far. The rings keep
-// only the latest positions, so the state cannot be truncated in place: a rewind re-runs the kept tokens
-// (runtime/engine.cpp).
+// `rewind_depth` positions more than a forward pass needs, so a rewind by that many positions is a
+// truncation (deepseek4_rewind); a longer one re-runs the kept tokens (runtime/engine.cpp).
 struct Ds4State {
     std::vector<Ds4AttentionState> attn;  // [n_layer]
     // Activations of one batch; resized by deepseek4_forward.
@@ -68,6 +76,7 @@ struct Ds4State {
     // streams (after the last block, before hc_head): the input the MTP head takes with the next token.
     std::vector<float> streams;
     std::vector<float> hc_weights;  // [n_tokens, hc_weights_size(n_streams)]
+    std::vector<float> mtp_input;   // MTP head only: [n_tokens, n_streams, 2 n_embd], the eh_proj input
     std::vector<float> x;           // [n_tokens, n_embd] block input, collapsed from the streams
     std::vector<float> x_norm;      // [n_tokens, n_embd]
     std::vector<float> block_out;   // [n_tokens, n_embd] attention or MoE output
@@ -77,8 +86,12 @@ struct Ds4State {
     MatmulScratch matmul_scratch;
 };
 
-// An empty state (no position processed).
-void deepseek4_state_init(const Ds4Model &model, Ds4State &state);
+// An empty state (no position processed) that can rewind by up to rewind_depth positions in place.
+void deepseek4_state_init(const Ds4Model &model, Ds4State &state, int64_t rewind_depth);
+
+// Drops positions [n_past, current): exact, see ds4_attention_rewind; throws std::invalid_argument beyond the
+// state's rewind depth.
+void deepseek4_rewind(const Ds4Model &model, Ds4State &state, int64_t n_past);
 
 // Bytes of the per-sequence attention state (rings and compressed entries, fp32); grows with the entries.
 size_t deepseek4_state_bytes(const Ds4State &state);
@@ -88,5 +101,16 @@ size_t deepseek4_state_bytes(const Ds4State &state);
 // logits [n_logits, n_vocab]. The caller has checked the token ids and 0 <= n_logits <= n_tokens.
 void deepseek4_forward(const Ds4Model &model, Ds4State &state, const int32_t *tokens, int64_t n_tokens,
                        int64_t n_past, int64_t n_logits, float *logits, ThreadPool &pool);
+
+// The steps of a forward pass, shared with the MTP head:
+// sizes the state's activation buffers for a batch of n_tokens;
+void deepseek4_resize_batch(const Ds4Hparams &h, Ds4State &state, int64_t n_tokens);
+// runs one block (mixer, attention, mixer, MoE) over state.streams [n_tokens, n_streams, n_embd] in place,
+// advancing `attn`; tokens feed hash routing;
+void deepseek4_block_forward(const Ds4Hparams &h, const Ds4Layer &layer, const float *rope, const int32_t *tokens,
+                             int64_t n_tokens, Ds4AttentionState &attn, Ds4State &state, ThreadPool &pool);
+// logits [n_logits, n_vocab] of streams [n_logits, n_streams, n_embd]: hc-head, RMS norm, output matrix.
+void deepseek4_logits(const Ds4Hparams &h, const HcHead &head, const float *norm, const WeightMatrix &output,
+                      const float *streams, int64_t n_logits, float *logits, Ds4State &state, ThreadPool &pool);
 
 }  // namespace flashmtp

@@ -18,9 +18,10 @@ namespace {
 
 class EngineImpl final : public Engine, public std::enable_shared_from_this<EngineImpl> {
 public:
-    EngineImpl(std::shared_ptr<GGUFFile> file, int n_threads)
-        : file_(std::move(file)), architecture_(file_->get_string("general.architecture")),
-          model_(load_model(*file_)), pool_(n_threads) {}
+    EngineImpl(std::shared_ptr<GGUFFile> file, std::shared_ptr<GGUFFile> mtp_file, int n_threads)
+        : file_(std::move(file)), mtp_file_(std::move(mtp_file)),
+          architecture_(file_->get_string("general.architecture")), model_(load_model(*file_, mtp_file_.get())),
+          pool_(n_threads) {}
 
     const std::string &architecture() const override { return architecture_; }
     int n_vocab() const override { return int(model_->dims().n_vocab); }
@@ -31,6 +32,8 @@ public:
     int n_ff() const override { return int(model_->dims().n_ff); }
     int n_ctx_train() const override { return int(model_->dims().n_ctx_train); }
     int n_threads() const override { return pool_.n_threads(); }
+    bool has_draft_head() const override { return model_->has_draft_head(); }
+    size_t draft_head_bytes() const override { return model_->draft_head_bytes(); }
 
     std::unique_ptr<Session> new_session(int n_ctx) const override;
 
@@ -39,7 +42,8 @@ public:
     ThreadPool &pool() const { return pool_; }
 
 private:
-    std::shared_ptr<GGUFFile> file_;  // the mapping every weight view points into
+    std::shared_ptr<GGUFFile> file_;      // the mapping every weight view points into
+    std::shared_ptr<GGUFFile> mtp_file_;  // the MTP sidecar's, or null
     std::string architecture_;
     std::unique_ptr<Model> model_;
     mutable ThreadPool pool_;
@@ -63,43 +67,57 @@ public:
                                         std::to_string(n_past_) + " past position(s) exceed the context of " +
                                         std::to_string(n_ctx_));
         }
-        const int n_vocab = this->n_vocab();
-        for (int t = 0; t < n_tokens; ++t) {
-            if (tokens[t] < 0 || tokens[t] >= n_vocab) {
-                throw std::invalid_argument("decode: token id " + std::to_string(tokens[t]) + " at index " +
-                                            std::to_string(t) + " is outside the vocabulary [0, " +
-                                            std::to_string(n_vocab) + ")");
-            }
-        }
+        check_tokens(tokens, n_tokens, "decode");
         engine_->model().forward(*state_, tokens, n_tokens, n_past_, n_logits, logits_out, engine_->pool());
-        if (!engine_->model().rewinds_in_place()) history_.insert(history_.end(), tokens, tokens + n_tokens);
+        history_.insert(history_.end(), tokens, tokens + n_tokens);
         n_past_ += n_tokens;
+        n_drafted_ = -1;
     }
 
     int n_past() const override { return n_past_; }
 
-    // A model that rewinds in place (a KV cache indexed by absolute position: rows at n_past and beyond are
-    // overwritten by the next decode before anything reads them) only truncates the position. Any other model
-    // gets a fresh state that re-runs the kept tokens [0, n_past): exact, because a token's results do not
-    // depend on the batches it ran in; in batches of kRerunBatch tokens so that the activation buffers stay
-    // bounded whatever n_past is. It costs a prefill of n_past tokens; a partial rewind that keeps the state of
-    // the last compression windows comes with MTP speculative decoding.
+    // Within the state's rewind depth (a KV cache indexed by absolute position has no limit) the model drops the
+    // positions in place. Beyond it the session re-runs the kept tokens [0, n_past) into a fresh state: exact,
+    // because a token's results do not depend on the batches it ran in; in batches of kRerunBatch tokens so
+    // that the activation buffers stay bounded whatever n_past is.
     void rewind(int n_past) override {
         if (n_past < 0 || n_past > n_past_) {
             throw std::invalid_argument("rewind: position " + std::to_string(n_past) + " is outside [0, " +
                                         std::to_string(n_past_) + "]");
         }
+        n_drafted_ = -1;
         if (n_past == n_past_) return;
-        if (!engine_->model().rewinds_in_place()) {
+        const Model &model = engine_->model();
+        if (model.can_rewind(*state_, n_past_, n_past)) {
+            model.rewind(*state_, n_past);
+        } else {
             std::unique_ptr<ModelState> fresh = new_state();
             for (int at = 0; at < n_past; at += kRerunBatch) {
                 const int n = std::min(kRerunBatch, n_past - at);
-                engine_->model().forward(*fresh, history_.data() + at, n, at, 0, nullptr, engine_->pool());
+                model.forward(*fresh, history_.data() + at, n, at, 0, nullptr, engine_->pool());
             }
             state_ = std::move(fresh);
-            history_.resize(size_t(n_past));
         }
+        history_.resize(size_t(n_past));
         n_past_ = n_past;
+    }
+
+    void draft(int32_t next, float *logits) override {
+        if (!engine_->has_draft_head()) throw std::logic_error("draft: the engine has no MTP draft head");
+        if (n_past_ == 0) throw std::invalid_argument("draft: the session is empty; decode the prompt first");
+        check_tokens(&next, 1, "draft");
+        engine_->model().draft_first(*state_, n_past_, next, logits, engine_->pool());
+        n_drafted_ = 1;
+    }
+
+    void draft_next(int32_t drafted, float *logits) override {
+        if (n_drafted_ < 1) throw std::logic_error("draft_next: call draft first (decode and rewind end a draft)");
+        if (n_drafted_ >= kMaxDraft) {
+            throw std::invalid_argument("draft_next: a draft has at most " + std::to_string(kMaxDraft) + " tokens");
+        }
+        check_tokens(&drafted, 1, "draft_next");
+        engine_->model().draft_next(*state_, drafted, logits, engine_->pool());
+        ++n_drafted_;
     }
 
     int n_ctx() const override { return n_ctx_; }
@@ -109,13 +127,27 @@ public:
 private:
     static constexpr int kRerunBatch = 512;
 
-    std::unique_ptr<ModelState> new_state() const { return engine_->model().new_state(n_ctx_, engine_->n_threads()); }
+    std::unique_ptr<ModelState> new_state() const {
+        return engine_->model().new_state(n_ctx_, engine_->n_threads(), rewind_depth());
+    }
+
+    void check_tokens(const int32_t *tokens, int n_tokens, const char *what) const {
+        const int n_vocab = this->n_vocab();
+        for (int t = 0; t < n_tokens; ++t) {
+            if (tokens[t] < 0 || tokens[t] >= n_vocab) {
+                throw std::invalid_argument(std::string(what) + ": token id " + std::to_string(tokens[t]) +
+                                            " at index " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                            std::to_string(n_vocab) + ")");
+            }
+        }
+    }
 
     std::shared_ptr<const EngineImpl> engine_;
     int n_ctx_;
     std::unique_ptr<ModelState> state_;
-    std::vector<int32_t> history_;  // [n_past] the tokens decoded, kept for models that do not rewind in place
+    std::vector<int32_t> history_;  // [n_past] the tokens decoded: a rewind beyond the state's depth re-runs them
     int n_past_ = 0;
+    int n_drafted_ = -1;  // tokens of the current draft; -1: none (draft_next needs draft first)
 };
 
 std::unique_ptr<Session> EngineImpl::new_session(int n_ctx) const {
@@ -125,9 +157,10 @@ std::unique_ptr<Session> EngineImpl::new_session(int n_ctx) const {
 
 }  // namespace
 
-std::shared_ptr<Engine> Engine::load(const std::string &path, int n_threads) {
+std::shared_ptr<Engine> Engine::load(const std::string &path, int n_threads, const std::string &mtp_path) {
     if (n_threads < 1) throw std::invalid_argument("Engine::load: n_threads " + std::to_string(n_threads) + " < 1");
-    return std::make_shared<EngineImpl>(GGUFFile::open(path), n_threads);
+    return std::make_shared<EngineImpl>(GGUFFile::open(path), mtp_path.empty() ? nullptr : GGUFFile::open(mtp_path),
+                                        n_threads);
 }
 
 }  // namespace flashmtp

@@ -77,21 +77,41 @@ bool parse_generation_option(const std::string &a, const std::string &v, flashmt
     else if (a == "--min-p") params.sampler.min_p = parse_number<float>(a, v);
     else if (a == "--seed") params.sampler.seed = parse_number<uint64_t>(a, v);
     else if (a == "-t" || a == "--threads") n_threads = parse_number<int>(a, v);
+    else if (a == "--draft") params.speculative.draft = v == "auto" ? flashmtp::SpeculativeParams::kAuto : parse_number<int>(a, v);
+    else if (a == "--draft-mode") params.speculative.mode = flashmtp::parse_draft_mode(v);
     else return false;
     return true;
 }
 
+// --draft: auto by default when the engine has a draft head, off without one; asking for drafts without a
+// head is an error rather than a silent no-op.
+constexpr int kDraftUnset = -2;
+void settle_draft(flashmtp::GenerateParams &params, const flashmtp::Engine &engine) {
+    const bool given = params.speculative.draft != kDraftUnset;
+    if (engine.has_draft_head()) {
+        if (!given) params.speculative.draft = flashmtp::SpeculativeParams::kAuto;
+        return;
+    }
+    if (given && params.speculative.draft != 0) {
+        throw UsageError{"--draft needs an MTP draft head: pass --mtp HEAD.gguf (or a model file that carries "
+                         "its MTP block)"};
+    }
+    params.speculative.draft = 0;
+}
+
 int cmd_run(const Args &args) {
-    std::string model;
+    std::string model, mtp;
     std::optional<std::string> prompt;  // "" is a prompt (BOS only), so absence is tracked apart
     int n_threads = 2;
     flashmtp::GenerateParams params;
+    params.speculative.draft = kDraftUnset;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string &a = args[i];
         if (i + 1 >= args.size()) throw UsageError{"unknown option or missing value: '" + a + "'"};
         const std::string &v = args[++i];
         if (a == "-m" || a == "--model") model = v;
         else if (a == "-p" || a == "--prompt") prompt = v;
+        else if (a == "--mtp") mtp = v;
         else if (parse_generation_option(a, v, params, n_threads)) continue;
         else if (a == "-c" || a == "--ctx") params.n_ctx = parse_number<int>(a, v);
         else throw UsageError{"unknown option '" + a + "'"};
@@ -99,7 +119,8 @@ int cmd_run(const Args &args) {
     if (model.empty() || !prompt) throw UsageError{"run needs -m MODEL and -p PROMPT"};
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto engine = flashmtp::Engine::load(model, n_threads);
+    const auto engine = flashmtp::Engine::load(model, n_threads, mtp);
+    settle_draft(params, *engine);
     const auto tokenizer = flashmtp::Tokenizer::from_gguf(*flashmtp::GGUFFile::open(model));
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -114,6 +135,9 @@ int cmd_run(const Args &args) {
     std::fprintf(stderr, "prompt:    %d tokens, %.2f tokens/s\n", stats.n_prompt, stats.prompt_tokens_per_s());
     std::fprintf(stderr, "generated: %d tokens, %.2f tokens/s%s\n", stats.n_generated,
                  stats.generated_tokens_per_s(), stats.stopped_at_eos ? " (stopped at EOS)" : "");
+    if (params.speculative.draft != 0) {
+        std::fputs(stats.speculative.summary(engine->draft_head_bytes()).c_str(), stderr);
+    }
     return 0;
 }
 
@@ -122,18 +146,20 @@ int cmd_run(const Args &args) {
 // statistics line per reply on stderr; /reset forgets the conversation, /exit or end of input quits. The
 // session is kept between turns and only the tokens after the common prefix are decoded.
 int cmd_chat(const Args &args) {
-    std::string model;
+    std::string model, mtp;
     std::optional<std::string> system;
     int n_threads = 2;
     int n_ctx = 0;
     flashmtp::GenerateParams params;
     params.max_tokens = 512;
+    params.speculative.draft = kDraftUnset;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string &a = args[i];
         if (i + 1 >= args.size()) throw UsageError{"unknown option or missing value: '" + a + "'"};
         const std::string &v = args[++i];
         if (a == "-m" || a == "--model") model = v;
         else if (a == "--system") system = v;
+        else if (a == "--mtp") mtp = v;
         else if (parse_generation_option(a, v, params, n_threads)) continue;
         else if (a == "-c" || a == "--ctx") n_ctx = parse_number<int>(a, v);
         else throw UsageError{"unknown option '" + a + "'"};
@@ -144,7 +170,8 @@ int cmd_chat(const Args &args) {
     flashmtp::Sampler{params.sampler};  // bad settings fail here, not at every turn
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto engine = flashmtp::Engine::load(model, n_threads);
+    const auto engine = flashmtp::Engine::load(model, n_threads, mtp);
+    settle_draft(params, *engine);
     const auto file = flashmtp::GGUFFile::open(model);
     const auto tokenizer = flashmtp::Tokenizer::from_gguf(*file);
     const auto chat_template = flashmtp::ChatTemplate::from_gguf(*file, tokenizer);
@@ -202,9 +229,14 @@ int cmd_chat(const Args &args) {
         turn.push_back({"assistant", reply});
         messages = std::move(turn);
         const flashmtp::GenerateStats &s = generation->stats();
-        std::fprintf(stderr, "[prompt: %d new tokens (%d cached), %.2f tokens/s; reply: %d tokens, %.2f tokens/s]\n",
+        std::fprintf(stderr, "[prompt: %d new tokens (%d cached), %.2f tokens/s; reply: %d tokens, %.2f tokens/s",
                      s.n_prompt - s.n_reused, s.n_reused, s.prompt_tokens_per_s(), s.n_generated,
                      s.generated_tokens_per_s());
+        if (params.speculative.draft != 0) {
+            std::fprintf(stderr, "; mtp: %lld of %lld drafts accepted", (long long)s.speculative.accepted,
+                         (long long)s.speculative.drafted);
+        }
+        std::fputs("]\n", stderr);
     }
     return 0;
 }
@@ -220,9 +252,11 @@ const Command kCommands[] = {
     {"info", "info MODEL.gguf", "summarise a GGUF model (the first part of a split model opens all parts)",
      cmd_info},
     {"run", "run -m MODEL -p PROMPT", "generate text: [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M]"
-     " [--seed S] [-t THREADS] [-c CTX]", cmd_run},
+     " [--seed S] [-t THREADS] [-c CTX] [--mtp HEAD.gguf] [--draft N|auto] [--draft-mode coupled|residual|greedy]",
+     cmd_run},
     {"chat", "chat -m MODEL", "interactive chat on stdin lines: [--system TEXT] [-n N] [--temp T] [--top-k K]"
-     " [--top-p P] [--min-p M] [--seed S] [-t THREADS] [-c CTX]", cmd_chat},
+     " [--top-p P] [--min-p M] [--seed S] [-t THREADS] [-c CTX] [--mtp HEAD.gguf] [--draft N|auto]"
+     " [--draft-mode M]", cmd_chat},
 };
 
 void print_help(FILE *out) {

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ChatTemplate', 'Ds4Attention', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'MoeLayer', 'Sampler', 'Session', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'ds4_rope_freqs', 'ds4_rope_freqs_yarn', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'moe_route', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
+__all__: list[str] = ['ChatTemplate', 'Ds4Attention', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'MoeLayer', 'Sampler', 'Session', 'SpeculativeStats', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'ds4_rope_freqs', 'ds4_rope_freqs_yarn', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'moe_route', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
 class GGUFError(ValueError):
     pass
 class GGUFTensorBuffer:
@@ -69,9 +69,19 @@ class Session:
     """
     One timeline over an Engine: its per-sequence state (KV cache, attention rings) and position.
     """
+    max_draft: typing.ClassVar[int] = 8
+    rewind_depth: typing.ClassVar[int] = 16
     def decode(self, tokens: numpy.ndarray, n_logits: typing.SupportsInt | typing.SupportsIndex | None = None) -> numpy.typing.NDArray[numpy.float32]:
         """
         Decode token ids (1-D int32) in one batch; returns float32 logits [n_logits, n_vocab] of the last n_logits tokens (default: all; 1: the next token's; 0: none).
+        """
+    def draft(self, next: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        MTP draft head: `next` is the token at position n_past (sampled, not decoded); returns the head's float32 logits [n_vocab] for the token at n_past + 1.
+        """
+    def draft_next(self, drafted: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        The head's logits for the position after `drafted` (the token chosen from the previous draft logits); at most max_draft tokens per draft.
         """
     def rewind(self, n_past: typing.SupportsInt | typing.SupportsIndex) -> None:
         """
@@ -95,14 +105,24 @@ class Engine:
     """
     A model's validated, read-only weights and threads.
     """
-    def __init__(self, path: str, threads: typing.SupportsInt | typing.SupportsIndex = 2) -> None:
-        ...
+    def __init__(self, path: str, threads: typing.SupportsInt | typing.SupportsIndex = 2, mtp: str = '') -> None:
+        """
+        Load a GGUF model; mtp: an MTP sidecar GGUF for the draft head (deepseek4).
+        """
     def session(self, n_ctx: typing.SupportsInt | typing.SupportsIndex = 0) -> Session:
         """
         A new empty session of n_ctx positions (0: the training context).
         """
     @property
     def architecture(self) -> str:
+        ...
+    @property
+    def draft_head_bytes(self) -> int:
+        """
+        Bytes of weights only the draft head reads (shared embedding and output excluded).
+        """
+    @property
+    def has_draft_head(self) -> bool:
         ...
     @property
     def n_ctx_train(self) -> int:
@@ -245,6 +265,67 @@ class TokenTextStream:
         ...
     def push(self, id: typing.SupportsInt | typing.SupportsIndex) -> str:
         ...
+class SpeculativeStats:
+    """
+    MTP drafting: what was drafted, accepted and what it cost.
+    """
+    def summary(self, head_bytes: typing.SupportsInt | typing.SupportsIndex = 0) -> str:
+        """
+        Lines for people: counts, acceptance by draft position, time, the head's weights.
+        """
+    @property
+    def acceptance(self) -> float:
+        ...
+    @property
+    def accepted(self) -> int:
+        """
+        draft tokens accepted
+        """
+    @property
+    def accepted_at(self) -> list[int]:
+        """
+        of which accepted
+        """
+    @property
+    def draft_s(self) -> float:
+        """
+        seconds in the draft head
+        """
+    @property
+    def drafted(self) -> int:
+        """
+        draft tokens verified
+        """
+    @property
+    def mean_accepted_length(self) -> float:
+        """
+        accepted drafts per verify round
+        """
+    @property
+    def plain_steps(self) -> int:
+        """
+        rounds that drafted nothing
+        """
+    @property
+    def rollbacks(self) -> int:
+        """
+        rounds that rejected a draft and rewound
+        """
+    @property
+    def rounds(self) -> int:
+        """
+        verify batches (rounds that drafted)
+        """
+    @property
+    def tried_at(self) -> list[int]:
+        """
+        drafts verified at draft position i + 1
+        """
+    @property
+    def verify_s(self) -> float:
+        """
+        seconds in verify batches
+        """
 class GenerateStats:
     """
     Token counts and timings of one generation.
@@ -254,7 +335,7 @@ class GenerateStats:
     @property
     def generate_s(self) -> float:
         """
-        seconds of sampling and decoding after it
+        seconds of sampling, drafting and decoding after it
         """
     @property
     def generated_tokens_per_s(self) -> float:
@@ -283,6 +364,9 @@ class GenerateStats:
     def prompt_tokens_per_s(self) -> float:
         ...
     @property
+    def speculative(self) -> SpeculativeStats:
+        ...
+    @property
     def stopped_at_eos(self) -> bool:
         ...
 class Generation:
@@ -290,10 +374,12 @@ class Generation:
     One prompt's generation, stepped per token, over a fresh session or a kept one (chat).
     """
     @typing.overload
-    def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: str, max_tokens: typing.SupportsInt | typing.SupportsIndex, n_ctx: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, add_special: bool = True, parse_special: bool = False) -> None:
-        ...
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: str, max_tokens: typing.SupportsInt | typing.SupportsIndex, n_ctx: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, add_special: bool = True, parse_special: bool = False, draft: typing.SupportsInt | typing.SupportsIndex = 0, draft_mode: str = 'coupled') -> None:
+        """
+        draft: MTP draft tokens per round (0 off, 1..8, -1 auto); draft_mode: coupled, residual or greedy.
+        """
     @typing.overload
-    def __init__(self, session: Session, tokenizer: Tokenizer, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], cached: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], max_tokens: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def __init__(self, session: Session, tokenizer: Tokenizer, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], cached: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], max_tokens: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, draft: typing.SupportsInt | typing.SupportsIndex = 0, draft_mode: str = 'coupled') -> None:
         """
         Prompt token ids over a session holding `cached` (earlier tokens): only the part after their common prefix is decoded.
         """

@@ -149,9 +149,11 @@ class Chat:
 
     def __init__(self, model: Model, system: str | None = None, n_ctx: int | None = None,
                  template: ChatTemplate | None = None, max_tokens: int = 512, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int = 0) -> None:
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int = 0,
+                 mtp: bool | None = None, draft: int | str = "auto", draft_mode: str = "coupled") -> None:
         """n_ctx: positions of the conversation's session (default: 4096, at most the training context).
-        The sampling settings apply to every reply; bad ones raise ``ValueError`` here."""
+        The sampling and MTP settings (see Model.generate) apply to every reply; bad ones raise
+        ``ValueError`` here."""
         self.model = model
         self.template = template or model.chat_template
         self.system = system
@@ -159,7 +161,7 @@ class Chat:
             raise ValueError(f"chat: max_tokens must be >= 1, got {max_tokens}")
         _core.Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)  # validates
         self.sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             min_p=min_p, seed=seed)
+                             min_p=min_p, seed=seed, draft=model._draft(mtp, draft), draft_mode=draft_mode)
         self.session = model.session(n_ctx or min(4096, model.n_ctx_train))
         self.messages: list[dict[str, Any]] = []
         self._cached: list[int] = []  # tokens in the session's first positions

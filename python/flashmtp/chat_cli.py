@@ -48,19 +48,23 @@ def repl(chat: Chat, lines: TextIO, out: TextIO, err: TextIO, interactive: bool)
         s = chat.last_stats
         err.write(f"[prompt: {s.n_prompt - s.n_reused} new tokens ({s.n_reused} cached), "
                   f"{s.prompt_tokens_per_s:.2f} tokens/s; reply: {s.n_generated} tokens, "
-                  f"{s.generated_tokens_per_s:.2f} tokens/s]\n")
+                  f"{s.generated_tokens_per_s:.2f} tokens/s"
+                  + (f"; mtp: {s.speculative.accepted} of {s.speculative.drafted} drafts accepted"
+                     if s.speculative.drafted else "") + "]\n")
         err.flush()
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from flashmtp.cli import check_draft_head
     from flashmtp.model import Model
 
     try:
         t0 = time.perf_counter()
-        model = Model(args.model, threads=args.threads)
+        model = Model(args.model, threads=args.threads, mtp=args.mtp)
+        check_draft_head(model, args.draft)
         chat = Chat(model, system=args.system, n_ctx=args.ctx or None, max_tokens=args.n,
                     temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                    seed=args.seed)
+                    seed=args.seed, draft=args.draft, draft_mode=args.draft_mode)
         print(f"load: {time.perf_counter() - t0:.3f} s", file=sys.stderr)
         repl(chat, sys.stdin, sys.stdout, sys.stderr, sys.stdin.isatty())
     except (ValueError, OSError, jinja2.TemplateError) as e:  # GGUFError is a ValueError

@@ -1,11 +1,16 @@
 """The ``flashmtp`` command line: ``flashmtp info MODEL.gguf``, ``flashmtp run -m MODEL -p PROMPT``,
 ``flashmtp chat -m MODEL``, ``flashmtp convert HF_DIR -o OUT.gguf``, ``flashmtp bench kernels``,
-``flashmtp bench decode -m MODEL``, ``flashmtp bench v4slice``, ``flashmtp serve -m MODEL``."""
+``flashmtp bench decode -m MODEL``, ``flashmtp bench v4slice``, ``flashmtp bench mtp -m MODEL --mtp HEAD``,
+``flashmtp serve -m MODEL``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flashmtp.model import Model
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -40,11 +45,12 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     try:
         t0 = time.perf_counter()
-        model = Model(args.model, threads=args.threads)
+        model = Model(args.model, threads=args.threads, mtp=args.mtp)
+        check_draft_head(model, args.draft)
         load_s = time.perf_counter() - t0
         for piece in model.generate(args.prompt, max_tokens=args.n, temperature=args.temp, top_k=args.top_k,
                                     top_p=args.top_p, min_p=args.min_p, seed=args.seed, stream=True,
-                                    n_ctx=args.ctx):
+                                    n_ctx=args.ctx, draft=args.draft, draft_mode=args.draft_mode):
             sys.stdout.write(piece)
             sys.stdout.flush()
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
@@ -57,7 +63,36 @@ def _run_generate(args: argparse.Namespace) -> int:
     print(f"prompt:    {stats.n_prompt} tokens, {stats.prompt_tokens_per_s:.2f} tokens/s", file=sys.stderr)
     print(f"generated: {stats.n_generated} tokens, {stats.generated_tokens_per_s:.2f} tokens/s{eos}",
           file=sys.stderr)
+    if model.has_mtp and args.draft != 0:
+        print(stats.speculative.summary(model.engine.draft_head_bytes), end="", file=sys.stderr)
     return 0
+
+
+def check_draft_head(model: Model, draft: int | str) -> None:
+    """--draft N without a head is an error, not a silent no-op (auto falls back to off)."""
+    if draft not in ("auto", 0) and not model.has_mtp:
+        raise ValueError("--draft needs an MTP draft head: pass --mtp HEAD.gguf (or a model file that "
+                         "carries its MTP block)")
+
+
+def _draft_length(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if not 0 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer in [0, 8], got {value}")
+    return value
+
+
+def _add_mtp_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mtp", default=None, metavar="HEAD.gguf",
+                        help="MTP sidecar GGUF: its head drafts tokens the model verifies in one batch")
+    parser.add_argument("--draft", type=_draft_length, default="auto",
+                        help="draft tokens per round with a head: 1..8, 0 off, auto (default: the length "
+                             "that measures fastest)")
+    parser.add_argument("--draft-mode", default="coupled", choices=["coupled", "residual", "greedy"],
+                        help="coupled (default) and greedy give the same text as without MTP for a seed; "
+                             "residual is classic speculative sampling (same distribution)")
 
 
 def _run_chat(args: argparse.Namespace) -> int:
@@ -82,6 +117,12 @@ def _run_bench_v4slice(args: argparse.Namespace) -> int:
     from flashmtp.bench.v4slice import run_bench_v4slice
 
     return run_bench_v4slice(args)
+
+
+def _run_bench_mtp(args: argparse.Namespace) -> int:
+    from flashmtp.bench.mtp import run_bench_mtp
+
+    return run_bench_mtp(args)
 
 
 def _run_bench_decode(args: argparse.Namespace) -> int:
@@ -113,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_non_negative_int, default=0)
     run.add_argument("-t", "--threads", type=int, default=2)
     run.add_argument("-c", "--ctx", type=int, default=0, help="context positions (0: prompt + max tokens)")
+    _add_mtp_options(run)
     run.set_defaults(run=_run_generate)
 
     chat = sub.add_parser("chat", help="interactive chat with the model's chat template (stdin lines)")
@@ -127,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("-t", "--threads", type=int, default=2)
     chat.add_argument("-c", "--ctx", type=int, default=0,
                       help="context positions (0: 4096, at most the training context)")
+    _add_mtp_options(chat)
     chat.set_defaults(run=_run_chat)
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, tools, metrics)")
     from flashmtp.server import add_arguments as add_serve_arguments
@@ -175,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(v4slice)
     v4slice.set_defaults(run=_run_bench_v4slice)
+    mtp = bench_sub.add_parser("mtp", help="MTP speculative decoding: tokens/s off / draft 1-3 / auto and "
+                                           "acceptance per draft position, on held-out code and prose")
+    from flashmtp.bench.mtp import add_arguments as add_mtp_arguments
+
+    add_mtp_arguments(mtp)
+    mtp.set_defaults(run=_run_bench_mtp)
     bench_serve = bench_sub.add_parser("serve", help="requests/s, tokens/s, TTFT and latency of the server "
                                                      "under N concurrent clients, beside llama.cpp's server")
     from flashmtp.bench.serve import add_arguments as add_bench_serve_arguments

@@ -7,7 +7,7 @@
 //     kernels sum in float32 (relative rounding ~6e-8 per step over at most a few hundred blocks), so 1e-4
 //     leaves a wide margin while catching any wrong block, scale or sign.
 //  3. Batch invariance, bitwise: a token's outputs are identical for batches of 1..64 tokens (one token
-//     takes the GEMV kernel, more take vec_dot), at any position, with 1 and 2 threads.
+//     up to VEC_DOT_MAX_X take the rows kernel, more vec_dot row by row), at any position, with 1 and 2 threads.
 // And matmul_grouped, bitwise against separate matmul calls.
 #include <algorithm>
 #include <atomic>
@@ -59,10 +59,13 @@ void probe_dot_f32(int64_t n, const void *w, const void *x, size_t x_stride, int
     }
 }
 
-// A single token takes the GEMV entry: the same probe, one call per row.
-void probe_gemv_f32(int64_t n, const void *w, size_t w_stride, int64_t n_rows, const void *x, float *y) {
+// Up to VEC_DOT_MAX_X tokens take the rows entry: the same probe, one call per row.
+void probe_dot_rows_f32(int64_t n, const void *w, size_t w_stride, int64_t n_rows, const void *x, size_t x_stride,
+                        int n_x, float *y, size_t y_stride) {
     for (int64_t r = 0; r < n_rows; ++r) {
-        probe_dot_f32(n, static_cast<const uint8_t *>(w) + size_t(r) * w_stride, x, 0, 1, y + r);
+        float out[VEC_DOT_MAX_X];
+        probe_dot_f32(n, static_cast<const uint8_t *>(w) + size_t(r) * w_stride, x, x_stride, n_x, out);
+        for (int i = 0; i < n_x; ++i) y[size_t(i) * y_stride + size_t(r)] = out[i];
     }
 }
 
@@ -70,16 +73,16 @@ void never_called_dot(int64_t, const void *, const void *, size_t, int, float *)
     CHECK_MSG(false, "a dot kernel ran although matmul should have rejected its arguments");
 }
 
-void never_called_gemv(int64_t, const void *, size_t, int64_t, const void *, float *) {
-    CHECK_MSG(false, "a GEMV kernel ran although matmul should have rejected its arguments");
+void never_called_dot_rows(int64_t, const void *, size_t, int64_t, const void *, size_t, int, float *, size_t) {
+    CHECK_MSG(false, "a rows kernel ran although matmul should have rejected its arguments");
 }
 
 KernelTable probe_table() {
     KernelTable table = kernels();
     table.vec_dot[DTYPE_F32] = probe_dot_f32;
-    table.gemv[DTYPE_F32] = probe_gemv_f32;
+    table.dot_rows[DTYPE_F32] = probe_dot_rows_f32;
     table.vec_dot[DTYPE_Q8_0] = never_called_dot;  // for the block-size error path only
-    table.gemv[DTYPE_Q8_0] = never_called_gemv;
+    table.dot_rows[DTYPE_Q8_0] = never_called_dot_rows;
     return table;
 }
 
@@ -289,7 +292,7 @@ void check_batch_invariance(DType type, const KernelTable &table, std::mt19937 &
 // ---- matmul_grouped ---------------------------------------------------------------------------------------
 
 // Independent products in one job: bitwise what separate matmul calls give, whether products share an input
-// (one quantization) or not, with different token counts (1 takes GEMV), empty products among them, on 1 and 2
+// (one quantization) or not, with different token counts (few take the rows kernel), empty products among them, on 1 and 2
 // threads; too many products is an error.
 void test_grouped() {
     std::mt19937 rng(11);

@@ -249,8 +249,9 @@ def test_load_refuses_unexpected_tensor(gguf_files: dict[str, Path], tmp_path: P
 
 
 def with_mtp_block(main: Path, sidecar: Path, out: Path) -> Path:
-    """`main` with the sidecar's MTP block appended, as a main file that carries its nextn layer: block_count
-    n_main + 1, nextn_predict_layers = 1, blk.<n_main>.* (shared/spec/gguf.md "The MTP file")."""
+    """`main` with the sidecar's MTP block appended, as a main file that carries its nextn layer:
+    block_count n_main + 1, nextn_predict_layers = 1, per-block arrays of n_main + 1 entries, blk.<n_main>.*
+    and the head's hc-head as blk.<n_main>.nextn.hc_head_* (the root output_hc_* are the main model's)."""
     import gguf
 
     rm, rs = gguf.GGUFReader(main), gguf.GGUFReader(sidecar)
@@ -259,6 +260,9 @@ def with_mtp_block(main: Path, sidecar: Path, out: Path) -> Path:
     for name, field in rm.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
             continue
+        per_block = field.types[0] == gguf.GGUFValueType.ARRAY and len(field.contents()) == n_main
+        if per_block and name in rs.fields:
+            field = rs.fields[name]  # the sidecar's arrays count the MTP block too
         value = n_main + 1 if name == "deepseek4.block_count" else field.contents()
         sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(name, value, field.types[0], sub_type)
@@ -266,6 +270,10 @@ def with_mtp_block(main: Path, sidecar: Path, out: Path) -> Path:
     block = f"blk.{n_main}."
     for t in list(rm.tensors) + [t for t in rs.tensors if t.name.startswith(block)]:
         writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    for t in rs.tensors:
+        if t.name.startswith("output_hc_"):
+            name = block + "nextn.hc_head_" + t.name.removeprefix("output_hc_")
+            writer.add_tensor(name, np.array(t.data), raw_dtype=t.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
