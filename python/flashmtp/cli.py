@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flashmtp.server import add_arguments as add_serve_arguments
 
     add_serve_arguments(serve)
+    _add_mtp_options(serve)
     serve.set_defaults(run=_run_serve)
     convert = sub.add_parser("convert", help="convert a DeepSeek-V4 Hugging Face checkpoint to GGUF")
     convert.add_argument("hf_dir", help="checkpoint directory: config.json, *.safetensors, tokenizer.json")

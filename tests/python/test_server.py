@@ -363,8 +363,8 @@ def test_engine_failure_mid_generation(tiny: Server, monkeypatch: pytest.MonkeyP
     real = _core.Generation
 
     class Failing:
-        def __init__(self, *args: object) -> None:
-            self.inner = real(*args)
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.inner = real(*args, **kwargs)
             self.steps = 0
 
         def step(self) -> str | None:
@@ -525,6 +525,45 @@ def test_qwen_concurrent_clients_match_alone(qwen: Server) -> None:
     assert len(set(alone)) == len(topics)
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(ask, topics)) == alone
+
+
+# --- MTP: tiny random DeepSeek-V4 with its draft head ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_ds4(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Main GGUF and MTP sidecar of tests/python/test_ds4_mtp.py's "peaked" tiny model, whose head's drafts
+    are accepted often enough (its output matrix favours two tokens) that both verify outcomes occur."""
+    torch = pytest.importorskip("torch")
+    for module in ("transformers", "safetensors", "tokenizers"):
+        pytest.importorskip(module)
+    from flashmtp.convert import convert, mtp_path
+    from flashmtp.testing.tiny_deepseek4 import TinyDeepseek4, make_tiny_deepseek4
+
+    tiny = make_tiny_deepseek4(seed=0)
+    peaked = TinyDeepseek4(tiny.config, {k: v.clone() for k, v in tiny.state.items()}, tiny.mtp)
+    with torch.no_grad():
+        peaked.state["lm_head.weight"][10:12] *= 12
+    root = tmp_path_factory.mktemp("ds4mtp")
+    main = root / "tiny-peaked.gguf"
+    convert(peaked.write(root / "ckpt", "release"), main, "f32", progress=False)
+    return main, mtp_path(main)
+
+
+def test_mtp_drafts_keep_the_text(tiny_ds4: tuple[Path, Path]) -> None:
+    """With a draft head the server drafts (usage.flashmtp and /metrics count it) and, greedy in the coupled
+    mode, replies exactly what the model says without MTP (oracle: Model.generate(mtp=False))."""
+    main, head = tiny_ds4
+    model = Model(main, threads=1, mtp=head)
+    with serve(model, "ds4", n_slots=2, n_ctx=256, draft=2) as server:
+        drafted = accepted = 0
+        for prompt in ["the quick brown fox", "def convert(hf_dir, out):", "jumps over", "dog dog dog"]:
+            r = server.client.completions.create(model="ds4", prompt=prompt, max_tokens=40, temperature=0)
+            assert r.choices[0].text == model.generate(prompt, max_tokens=40, temperature=0, mtp=False)
+            drafted += r.usage.flashmtp["drafted_tokens"]
+            accepted += r.usage.flashmtp["accepted_tokens"]
+        assert 0 < accepted < drafted
+        assert server.metric("flashmtp_mtp_drafted_tokens_total") == drafted
+        assert server.metric("flashmtp_mtp_acceptance_ratio") == pytest.approx(accepted / drafted, rel=1e-5)
 
 
 # --- flashmtp bench serve ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """`flashmtp serve`: an OpenAI-compatible HTTP server over one model (FastAPI + uvicorn).
 
-    flashmtp serve -m model.gguf --port 8080 --parallel 2
+    flashmtp serve -m model.gguf --port 8080 --parallel 2 [--mtp HEAD.gguf --draft auto]
     client = openai.OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none")
 
 Files: protocol.py (request schemas, errors), app.py (routes), slots.py (sessions, worker threads, queue),
@@ -54,22 +54,26 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"flashmtp serve: error: {e.name} is not installed (pip install 'flashmtp[serve]')",
               file=sys.stderr)
         return 1
+    from flashmtp.cli import check_draft_head
     from flashmtp.model import Model
     from flashmtp.testing.models import MODELS, fetch
 
     try:
         path = fetch(args.model) if args.model in MODELS else Path(args.model)
-        model = Model(path, threads=args.threads)
+        model = Model(path, threads=args.threads, mtp=args.mtp)
+        check_draft_head(model, args.draft)
         app = create_app(model, args.alias or Path(path).stem, n_slots=args.parallel, n_ctx=args.ctx or None,
-                         max_queue=args.max_queue, api_key=args.api_key)
+                         max_queue=args.max_queue, api_key=args.api_key, draft=args.draft,
+                         draft_mode=args.draft_mode)
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
         print(f"flashmtp serve: error: {e}", file=sys.stderr)
         return 1
     server = app.state.server
     slots = server.scheduler
+    mtp = f", MTP draft {args.draft} ({args.draft_mode})" if model.has_mtp and server.draft else ""
     print(f"flashmtp serve: {server.model_id} ({model.architecture}) on http://{args.host}:{args.port}, "
           f"{slots.n_slots} slot(s) of {slots.n_ctx} positions, {slots.state_bytes / 2**20:.0f} MiB of "
-          "session state", file=sys.stderr, flush=True)
+          f"session state{mtp}", file=sys.stderr, flush=True)
     # A stream still open at shutdown (Ctrl-C) gets a few seconds, then its generation is stopped.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

@@ -223,9 +223,13 @@ def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 
 class _Server:
-    def __init__(self, model: Model, model_id: str, n_slots: int, n_ctx: int, max_queue: int) -> None:
+    def __init__(self, model: Model, model_id: str, n_slots: int, n_ctx: int, max_queue: int,
+                 draft: int | str, draft_mode: str) -> None:
         self.model = model
         self.model_id = model_id
+        # Generation's draft argument: off without a head, -1 for auto.
+        self.draft = 0 if not model.has_mtp else -1 if draft == "auto" else int(draft)
+        self.draft_mode = draft_mode
         self.metrics = Metrics()
         self.scheduler = Scheduler(model, n_slots, n_ctx, max_queue, self.metrics)
         self.created = int(time.time())
@@ -257,7 +261,8 @@ class _Server:
                     for k, default in DEFAULT_SAMPLING.items()}
         # Without a seed, every request draws its own (as OpenAI and llama.cpp do).
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        return Job(prompt=prompt, max_tokens=max_tokens, seed=seed, stop=stop, logprobs=logprobs, **sampling)
+        return Job(prompt=prompt, max_tokens=max_tokens, seed=seed, stop=stop, logprobs=logprobs,
+                   draft=self.draft, draft_mode=self.draft_mode, **sampling)
 
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         import jinja2
@@ -445,11 +450,15 @@ async def completions(server: _Server, request: Request, body: CompletionRequest
 
 
 def create_app(model: Model, model_id: str, n_slots: int = 1, n_ctx: int | None = None,
-               max_queue: int = 64, api_key: str | None = None) -> FastAPI:
+               max_queue: int = 64, api_key: str | None = None, draft: int | str = "auto",
+               draft_mode: str = "coupled") -> FastAPI:
     """The server's ASGI app over a loaded model. n_ctx: positions of each slot's session (default 4096,
     at most the training context). Slot sessions are allocated here. With an api_key, /v1/ requests must
-    carry ``Authorization: Bearer API_KEY``."""
-    server = _Server(model, model_id, n_slots, n_ctx or min(4096, model.n_ctx_train), max_queue)
+    carry ``Authorization: Bearer API_KEY``. With a model that has an MTP draft head, generations draft
+    ``draft`` tokens per round (1..8, 0 off, "auto") in ``draft_mode`` (see Model.generate), except for
+    logprobs requests."""
+    server = _Server(model, model_id, n_slots, n_ctx or min(4096, model.n_ctx_train), max_queue, draft,
+                     draft_mode)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

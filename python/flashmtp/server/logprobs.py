@@ -5,7 +5,8 @@ this loop instead: the same calls in the same order (prefix reuse and rewind, on
 Sampler.sample at the session's position with the whole token history, a single-token decode per token, no
 decode after the last), hence the same tokens for the same seed, plus each sampled token's log-probability
 and the most likely alternatives. Log-probabilities are the model's (log-softmax of the raw logits), not of
-the distribution after temperature / top-k / top-p, as OpenAI reports them.
+the distribution after temperature / top-k / top-p, as OpenAI reports them. This loop does not draft with
+an MTP head: a logprobs request decodes one token at a time.
 
     generation = LogprobGeneration(session, tokenizer, prompt, cached, max_tokens, sampler, top_n=3)
     while (piece := generation.step()) is not None:

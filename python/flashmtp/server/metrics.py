@@ -4,9 +4,8 @@ Throughput is reported two ways because slots share one engine: per-request spee
 tokens over its own decode time, which includes waiting for the other slots' forward passes) and aggregate
 speed (all generated tokens over the wall time during which at least one request was generating).
 
-MTP: :func:`mtp_counts` reads the draft statistics of a generation; the runtime does not report them yet,
-so they are zeros until GenerateStats gains them (then the ``flashmtp_mtp_*`` series and the usage
-extension fill in with no change here beyond that function).
+MTP: :func:`mtp_counts` reads a generation's draft statistics (GenerateStats.speculative) for the
+``flashmtp_mtp_*`` series and the ``usage.flashmtp`` extension; zeros without a draft head.
 """
 
 from __future__ import annotations
@@ -17,13 +16,16 @@ from collections import Counter
 from typing import Any
 
 from flashmtp import _core
+from flashmtp.server.logprobs import LoopStats
 
 __all__ = ["Metrics", "mtp_counts"]
 
 
-def mtp_counts(stats: _core.GenerateStats) -> tuple[int, int]:
-    """(drafted, accepted) MTP tokens of a generation: zeros while GenerateStats has no such fields."""
-    return getattr(stats, "n_drafted", 0), getattr(stats, "n_accepted", 0)
+def mtp_counts(stats: _core.GenerateStats | LoopStats) -> tuple[int, int]:
+    """(drafted, accepted) MTP tokens of a generation (the logprobs loop never drafts)."""
+    if isinstance(stats, LoopStats):
+        return 0, 0
+    return stats.speculative.drafted, stats.speculative.accepted
 
 
 class Metrics:
@@ -60,7 +62,7 @@ class Metrics:
             self._busy_since = now
             self.n_running += delta
 
-    def generated(self, stats: _core.GenerateStats) -> None:
+    def generated(self, stats: _core.GenerateStats | LoopStats) -> None:
         drafted, accepted = mtp_counts(stats)
         with self._lock:
             self.prompt_tokens += stats.n_prompt

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from flashmtp import _core
 from flashmtp.model import Model
-from flashmtp.server.logprobs import LogprobGeneration, TokenLogprob
+from flashmtp.server.logprobs import LogprobGeneration, LoopStats, TokenLogprob
 from flashmtp.server.metrics import Metrics
 from flashmtp.server.protocol import APIError
 
@@ -44,7 +44,7 @@ class Piece:
 
 @dataclass
 class Done:
-    stats: _core.GenerateStats
+    stats: _core.GenerateStats | LoopStats
     finish_reason: str  # "stop" (end-of-generation token or stop sequence) or "length"
 
 
@@ -97,6 +97,8 @@ class Job:
     seed: int
     stop: Sequence[str] = ()
     logprobs: int | None = None  # None: none wanted; n: each token's log-probability and n alternatives
+    draft: int = 0  # MTP draft tokens per round: 0 off, -1 auto (Generation's argument)
+    draft_mode: str = "coupled"
     cancelled: threading.Event = field(default_factory=threading.Event)  # read by the worker thread
     waiting: asyncio.Future[_Slot] | None = None  # while queued for a slot
 
@@ -229,7 +231,8 @@ class Scheduler:
         try:
             if job.logprobs is None:
                 generation = _core.Generation(session, tokenizer, prompt, cached, job.max_tokens,
-                                              job.temperature, job.top_k, job.top_p, job.min_p, job.seed)
+                                              job.temperature, job.top_k, job.top_p, job.min_p, job.seed,
+                                              draft=job.draft, draft_mode=job.draft_mode)
             else:
                 sampler = _core.Sampler(temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
                                         min_p=job.min_p, seed=job.seed)
