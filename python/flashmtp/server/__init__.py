@@ -16,7 +16,7 @@ Fuzzing against the server's own OpenAPI schema (``pip install schemathesis``)::
 positive_data_acceptance is left out because some schema-valid requests are refused by design with a 4xx
 naming the reason (a prompt over the context, n > 1, best_of, a tool message without content); the
 coverage phase is left out because schemathesis 4.32 crashes in it (hypothesis' lambda-source AST cache).
-2026-11-28: 2725 cases, all passed (no 5xx, responses match the schema, server healthy afterwards).
+2026-11-28: 2744 cases, all passed (no 5xx, responses match the schema, server healthy afterwards).
 """
 
 from __future__ import annotations
