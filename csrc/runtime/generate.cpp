@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <stdexcept>
 
 namespace flashmtp {
@@ -145,13 +144,15 @@ void Generation::produce() {
     session_->draft(id, head_logits_.data());
     const double first_s = seconds_since(t_draft);
     for (int i = 0; i < k; ++i) {
-        if (i > 0) session_->draft_next(batch_.back(), head_logits_.data());
-        tokens_.push_back(batch_.back());  // the draft's history, for the sampler's penalties
+        if (i > 0) {
+            session_->draft_next(batch_.back(), head_logits_.data());
+            tokens_.push_back(batch_.back());  // the drafts so far: the next one's history (sampler penalties)
+        }
         const int32_t d = choose_draft(head_logits_.data(), uint64_t(P + 1 + i), &q_[size_t(i)]);
-        tokens_.pop_back();
         batch_.push_back(d);
         if (tokenizer_.is_eog(d)) k = i + 1;
     }
+    tokens_.resize(tokens_.size() - size_t(k - 1));
     const double draft_s = seconds_since(t_draft);
     spec.draft_s += draft_s;
 
