@@ -121,7 +121,8 @@ void Generation::produce() {
     const int64_t P = session_->n_past();
     const int64_t n_vocab = int64_t(logits_.size());
     const int32_t id = forced_ >= 0 ? forced_
-                                    : sampler_.sample(logits_.data(), n_vocab, tokens_.data(), tokens_.size(), uint64_t(P));
+                                    : sampler_.sample(logits_.data(), n_vocab, tokens_.data(), tokens_.size(),
+                                                      uint64_t(P));
     forced_ = -1;
     emit(id);
     if (done_) return;
@@ -220,7 +221,9 @@ bool Generation::accept(const float *logits, int32_t draft, uint64_t position, c
     bool ok = sampler_.uniform(position, 1) * q_draft < p_draft;
     if (!ok) {
         double total = 0;
-        for (size_t j = 0; j < p.ids.size(); ++j) total += std::max(0.0, double(p.probs[j]) - q_dense_[size_t(p.ids[j])]);
+        for (size_t j = 0; j < p.ids.size(); ++j) {
+            total += std::max(0.0, double(p.probs[j]) - q_dense_[size_t(p.ids[j])]);
+        }
         // total = 0 only if p <= q everywhere, i.e. p = q: then the draft cannot be rejected (u * q < p).
         const double u = sampler_.uniform(position, 2) * total;
         double cumulative = 0;
