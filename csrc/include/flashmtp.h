@@ -62,7 +62,8 @@ public:
     // naming the file, the tensor or key, and expected vs found. n_threads >= 1 counts the calling thread.
     // mtp_path: an MTP sidecar GGUF for the draft head (deepseek4; checked against the main model). Without
     // one, a deepseek4 file that carries its MTP block gets its head from there.
-    static std::shared_ptr<Engine> load(const std::string &path, int n_threads = 1, const std::string &mtp_path = "");
+    static std::shared_ptr<Engine> load(const std::string &path, int n_threads = 1,
+                                        const std::string &mtp_path = "");
     virtual ~Engine() = default;
 
     virtual const std::string &architecture() const = 0;

@@ -113,7 +113,9 @@ Ds4MtpHead deepseek4_mtp_load(const GGUFFile &file, const Ds4Model &main) {
         }
     }
     // llama.cpp's optional private embedding and output of the head
-    if (bind.has(nextn + "embed_tokens.weight")) head.token_embd = bind.matrix(nextn + "embed_tokens.weight", D, m.n_vocab);
+    if (bind.has(nextn + "embed_tokens.weight")) {
+        head.token_embd = bind.matrix(nextn + "embed_tokens.weight", D, m.n_vocab);
+    }
     if (bind.has(nextn + "shared_head_head.weight")) {
         head.output = bind.matrix(nextn + "shared_head_head.weight", D, m.n_vocab);
     }

@@ -129,7 +129,9 @@ public:
     size_t draft_head_bytes() const override {
         if (!head_) return 0;
         const Ds4Layer &b = head_->block;
-        const auto bytes = [](const WeightMatrix &w, int64_t n_mat = 1) { return size_t(n_mat * w.n_rows) * w.row_stride; };
+        const auto bytes = [](const WeightMatrix &w, int64_t n_mat = 1) {
+            return size_t(n_mat * w.n_rows) * w.row_stride;
+        };
         const int64_t E = b.moe.router.n_expert;
         size_t total = bytes(head_->eh_proj) + bytes(b.attn.q_a) + bytes(b.attn.q_b) + bytes(b.attn.kv) +
                        bytes(b.attn.o_a) + bytes(b.attn.o_b) + bytes(b.moe.gate_inp) + bytes(b.moe.gate_exps, E) +

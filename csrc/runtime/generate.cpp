@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <stdexcept>
 
 namespace flashmtp {
@@ -122,7 +121,8 @@ void Generation::produce() {
     const int64_t P = session_->n_past();
     const int64_t n_vocab = int64_t(logits_.size());
     const int32_t id = forced_ >= 0 ? forced_
-                                    : sampler_.sample(logits_.data(), n_vocab, tokens_.data(), tokens_.size(), uint64_t(P));
+                                    : sampler_.sample(logits_.data(), n_vocab, tokens_.data(), tokens_.size(),
+                                                      uint64_t(P));
     forced_ = -1;
     emit(id);
     if (done_) return;
@@ -145,13 +145,15 @@ void Generation::produce() {
     session_->draft(id, head_logits_.data());
     const double first_s = seconds_since(t_draft);
     for (int i = 0; i < k; ++i) {
-        if (i > 0) session_->draft_next(batch_.back(), head_logits_.data());
-        tokens_.push_back(batch_.back());  // the draft's history, for the sampler's penalties
+        if (i > 0) {
+            session_->draft_next(batch_.back(), head_logits_.data());
+            tokens_.push_back(batch_.back());  // the drafts so far: the next one's history (sampler penalties)
+        }
         const int32_t d = choose_draft(head_logits_.data(), uint64_t(P + 1 + i), &q_[size_t(i)]);
-        tokens_.pop_back();
         batch_.push_back(d);
         if (tokenizer_.is_eog(d)) k = i + 1;
     }
+    tokens_.resize(tokens_.size() - size_t(k - 1));
     const double draft_s = seconds_since(t_draft);
     spec.draft_s += draft_s;
 
@@ -219,7 +221,9 @@ bool Generation::accept(const float *logits, int32_t draft, uint64_t position, c
     bool ok = sampler_.uniform(position, 1) * q_draft < p_draft;
     if (!ok) {
         double total = 0;
-        for (size_t j = 0; j < p.ids.size(); ++j) total += std::max(0.0, double(p.probs[j]) - q_dense_[size_t(p.ids[j])]);
+        for (size_t j = 0; j < p.ids.size(); ++j) {
+            total += std::max(0.0, double(p.probs[j]) - q_dense_[size_t(p.ids[j])]);
+        }
         // total = 0 only if p <= q everywhere, i.e. p = q: then the draft cannot be rejected (u * q < p).
         const double u = sampler_.uniform(position, 2) * total;
         double cumulative = 0;

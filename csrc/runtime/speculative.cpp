@@ -45,12 +45,12 @@ std::string SpeculativeStats::summary(size_t head_bytes) const {
     std::string out = line;
     out += "           acceptance by draft position:";
     for (size_t i = 0; i < tried_at.size() && tried_at[i] > 0; ++i) {
-        std::snprintf(line, sizeof line, " %zu: %.1f%% of %lld", i + 1, 100.0 * double(accepted_at[i]) / double(tried_at[i]),
-                      (long long)tried_at[i]);
+        std::snprintf(line, sizeof line, " %zu: %.1f%% of %lld", i + 1,
+                      100.0 * double(accepted_at[i]) / double(tried_at[i]), (long long)tried_at[i]);
         out += line;
     }
-    std::snprintf(line, sizeof line, "\n           draft %.3f s, verify %.3f s; head weights %.1f MiB\n", draft_s, verify_s,
-                  double(head_bytes) / (1 << 20));
+    std::snprintf(line, sizeof line, "\n           draft %.3f s, verify %.3f s; head weights %.1f MiB\n", draft_s,
+                  verify_s, double(head_bytes) / (1 << 20));
     return out + line;
 }
 

@@ -77,7 +77,9 @@ bool parse_generation_option(const std::string &a, const std::string &v, flashmt
     else if (a == "--min-p") params.sampler.min_p = parse_number<float>(a, v);
     else if (a == "--seed") params.sampler.seed = parse_number<uint64_t>(a, v);
     else if (a == "-t" || a == "--threads") n_threads = parse_number<int>(a, v);
-    else if (a == "--draft") params.speculative.draft = v == "auto" ? flashmtp::SpeculativeParams::kAuto : parse_number<int>(a, v);
+    else if (a == "--draft") {
+        params.speculative.draft = v == "auto" ? flashmtp::SpeculativeParams::kAuto : parse_number<int>(a, v);
+    }
     else if (a == "--draft-mode") params.speculative.mode = flashmtp::parse_draft_mode(v);
     else return false;
     return true;

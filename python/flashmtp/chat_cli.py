@@ -55,10 +55,11 @@ def repl(chat: Chat, lines: TextIO, out: TextIO, err: TextIO, interactive: bool)
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from flashmtp.cli import check_draft_head
+    from flashmtp.cli import check_draft_head, resolve_model
     from flashmtp.model import Model
 
     try:
+        resolve_model(args)
         t0 = time.perf_counter()
         model = Model(args.model, threads=args.threads, mtp=args.mtp)
         check_draft_head(model, args.draft)

@@ -44,6 +44,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from flashmtp.model import Model
 
     try:
+        resolve_model(args)
         t0 = time.perf_counter()
         model = Model(args.model, threads=args.threads, mtp=args.mtp)
         check_draft_head(model, args.draft)
@@ -66,6 +67,16 @@ def _run_generate(args: argparse.Namespace) -> int:
     if model.has_mtp and args.draft != 0:
         print(stats.speculative.summary(model.engine.draft_head_bytes), end="", file=sys.stderr)
     return 0
+
+
+def resolve_model(args: argparse.Namespace) -> None:
+    """No -m: the shipped model with its MTP head (flashmtp.shipped). Raises FileNotFoundError if missing."""
+    if args.model is None:
+        from flashmtp.shipped import shipped_model
+
+        main, head = shipped_model()
+        args.model = str(main)
+        args.mtp = args.mtp or str(head)
 
 
 def check_draft_head(model: Model, draft: int | str) -> None:
@@ -144,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_run_info)
 
     run = sub.add_parser("run", help="generate text from a prompt")
-    run.add_argument("-m", "--model", required=True, help="path to a .gguf file")
+    run.add_argument("-m", "--model", default=None,
+                     help="path to a .gguf file (default: the shipped tiny-v4 model with its MTP head)")
     run.add_argument("-p", "--prompt", required=True)
     run.add_argument("-n", "--max-tokens", dest="n", type=int, default=128, help="tokens to generate at most")
     run.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
@@ -158,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(run=_run_generate)
 
     chat = sub.add_parser("chat", help="interactive chat with the model's chat template (stdin lines)")
-    chat.add_argument("-m", "--model", required=True, help="path to a .gguf file")
+    chat.add_argument("-m", "--model", default=None,
+                      help="path to a .gguf file (default: the shipped tiny-v4 model with its MTP head)")
     chat.add_argument("--system", default=None, help="system message")
     chat.add_argument("-n", "--max-tokens", dest="n", type=int, default=512, help="tokens per reply at most")
     chat.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")

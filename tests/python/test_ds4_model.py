@@ -288,5 +288,13 @@ def test_main_file_carrying_the_mtp_block_loads(gguf_files: dict[str, Path], tmp
     engine = _core.Engine(str(path), 1)
     assert engine.n_layer == 4  # the MTP block is not a main layer
     np.testing.assert_array_equal(engine.session().decode(tokens), prefill)
+    # its head is the sidecar's: the same drafts without a sidecar
+    assert engine.has_draft_head
+    drafts = []
+    for e in (engine, _core.Engine(str(gguf_files["f32"]), 1, str(sidecar))):
+        session = e.session()
+        session.decode(tokens[:20], 0)
+        drafts.append(session.draft(int(tokens[20])))
+    np.testing.assert_array_equal(drafts[0], drafts[1])
     with pytest.raises(flashmtp.GGUFError, match="an MTP-only file"):
         _core.Engine(str(sidecar), 1)

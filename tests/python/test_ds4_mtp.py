@@ -403,3 +403,20 @@ def test_run_command_with_a_head_prints_the_same_text(files: dict[str, Path], cl
     assert bad.returncode != 0 and "no MTP block" in bad.stderr
     no_head = subprocess.run(command + ["--draft", "2"], capture_output=True, text=True)
     assert no_head.returncode != 0 and "--draft needs an MTP draft head" in no_head.stderr
+
+
+def test_bench_mtp_smoke(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`flashmtp bench mtp` on the peaked tiny model and held-out code (the standard library: no download):
+    every setting's text equals MTP off's; the CSV has a row per setting. Durations are never asserted."""
+    import csv
+
+    from flashmtp.cli import main
+
+    main_file, out = files["peaked"], tmp_path / "mtp.csv"
+    assert main(["bench", "mtp", "-m", str(main_file), "--mtp", str(mtp_path(main_file)), "--threads", "1",
+                 "--prompts", "2", "--tokens", "12", "--prompt-chars", "120", "--domains", "code",
+                 "--csv", str(out)]) == 0
+    assert "llama.cpp: not measured" in capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    assert [r["setting"] for r in rows] == ["off", "draft 1", "draft 2", "draft 3", "draft auto"]
+    assert all(r["same text"] == "2/2" for r in rows)

@@ -14,8 +14,10 @@ combined with the acceptance measured here per position:
 with t_main(n) = 43 x one layer's time for n tokens + the output head's, and a draft step = one layer + the
 head for one token (the MTP block is one V4 layer with the shared output matrix).
 
-llama-cpp-python 0.3.36's llama.cpp loads deepseek4 files but has no DeepSeek-V4 MTP drafting (no nextn
-graph for deepseek4 in that build), so no llama.cpp column is measured; the table says so.
+No llama.cpp column: llama-cpp-python 0.3.36's llama.cpp has a deepseek4 MTP graph behind its C API (an
+MTP context type and embedding batches), but the Python package has no draft-MTP loop (its LlamaDraftModel
+is prompt lookup), and driving llama.cpp's speculative loop through raw C calls is its own piece of work.
+The table says so.
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def run_bench_mtp(args: argparse.Namespace) -> int:
         return 1
     print(f"main {args.model}; {args.threads} threads; {args.prompts} prompts per domain of "
           f"~{args.prompt_chars} chars; {args.tokens} tokens each, greedy")
-    print("llama.cpp: not measured (llama-cpp-python 0.3.36 has no DeepSeek-V4 MTP drafting)")
+    print("llama.cpp: not measured (llama-cpp-python 0.3.36 has no draft-MTP loop; see flashmtp.bench.mtp)")
     results: dict[str, dict[tuple[str, str], Cell]] = {}
     start, wall0 = cpu_seconds(), time.perf_counter()
     for head in heads:

@@ -1,0 +1,25 @@
+"""The model flashmtp ships: tiny-v4, a small DeepSeek-V4 (every layer type, hash and routed MoE, mHC)
+trained with its MTP head on Python standard library code and public-domain prose (models/tiny-v4.md, the
+recipe in models/recipes/train_tiny_v4.py). `pip install .` puts the files inside the package
+(flashmtp/models/); a checkout has them in models/. `flashmtp run` and `flashmtp chat` use it when no -m is
+given, with its MTP head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["MAIN", "MTP", "shipped_model"]
+
+MAIN = "tiny-v4.gguf"   # the main model
+MTP = "tiny-v4-mtp.gguf"  # its MTP head (sidecar; the main model's embedding and output matrix are shared)
+
+
+def shipped_model() -> tuple[Path, Path]:
+    """(main model, MTP sidecar) paths: the installed package's copy, else the checkout's models/."""
+    package = Path(__file__).resolve().parent
+    for root in (package / "models", package.parents[1] / "models"):
+        if (root / MAIN).is_file() and (root / MTP).is_file():
+            return root / MAIN, root / MTP
+    raise FileNotFoundError(f"the shipped model ({MAIN}, {MTP}) is neither in {package / 'models'} nor in "
+                            f"{package.parents[1] / 'models'}: reinstall flashmtp (pip install .) or pass -m")
