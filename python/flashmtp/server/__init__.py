@@ -28,8 +28,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", required=True,
-                        help="a .gguf file, or a known real model name (see flashmtp.testing.models)")
+    parser.add_argument("-m", "--model", default=None,
+                        help="a .gguf file, or a known real model name (see flashmtp.testing.models); "
+                             "default: the shipped tiny-v4 model with its MTP head")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("-c", "--ctx", type=int, default=0,
@@ -54,11 +55,12 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"flashmtp serve: error: {e.name} is not installed (pip install 'flashmtp[serve]')",
               file=sys.stderr)
         return 1
-    from flashmtp.cli import check_draft_head
+    from flashmtp.cli import check_draft_head, resolve_model
     from flashmtp.model import Model
     from flashmtp.testing.models import MODELS, fetch
 
     try:
+        resolve_model(args)
         path = fetch(args.model) if args.model in MODELS else Path(args.model)
         model = Model(path, threads=args.threads, mtp=args.mtp)
         check_draft_head(model, args.draft)
