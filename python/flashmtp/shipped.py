@@ -11,8 +11,8 @@ from pathlib import Path
 
 __all__ = ["MAIN", "MTP", "shipped_model"]
 
-MAIN = "tiny-v4.gguf"   # the main model
-MTP = "tiny-v4-mtp.gguf"  # its MTP head (sidecar; the main model's embedding and output matrix are shared)
+MAIN = "tiny-v4-q4_k.gguf"     # the main model: routed experts Q4_K, other matrices Q8_0
+MTP = "tiny-v4-q4_k-mtp.gguf"  # its MTP head (a sidecar sharing the main embedding and output matrix)
 
 
 def shipped_model() -> tuple[Path, Path]:

@@ -223,6 +223,11 @@ def test_tiny_llama_matches_oracle():
     check_against_oracle(TINY_LLAMA)
 
 
+def test_tiny_v4_matches_oracle():
+    # The shipped trained DeepSeek-V4's own byte-level BPE: 4096 tokens, DeepSeek V3's pre-tokenizer.
+    check_against_oracle("models/tiny-v4-bf16.gguf")
+
+
 @pytest.mark.parametrize("pre", ["default", "gpt2", "llama-bpe", "deepseek-v3"])
 def test_other_pre_tokenizers_on_the_smollm2_vocabulary(smollm2_path, tmp_path, pre):
     # No llama 3 or DeepSeek model is at hand: SmolLM2's 49k-token vocabulary with another tokenizer.ggml.pre

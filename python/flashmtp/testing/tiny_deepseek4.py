@@ -55,9 +55,11 @@ class TinyDeepseek4:
     mtp: dict[str, Any]  # release name (mtp.0.*) -> torch tensor
     _saved: tuple[dict[str, Any], dict[str, Any]] | None = field(default=None, repr=False)
 
-    def write(self, directory: Path, spelling: str, dtype: Any = None) -> Path:
+    def write(self, directory: Path, spelling: str, dtype: Any = None,
+              tokenizer_dir: Path | None = None) -> Path:
         """Write config.json, the weights (model.safetensors + mtp.safetensors + index), tokenizer.json and
-        tokenizer_config.json to ``directory`` in the given spelling; ``dtype`` casts float weights."""
+        tokenizer_config.json to ``directory`` in the given spelling; ``dtype`` casts float weights.
+        The tokenizer files are copied from ``tokenizer_dir`` when given, else the fixture's is trained."""
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,11 @@ class TinyDeepseek4:
         index = {"metadata": {}, "weight_map": weight_map}
         (directory / "model.safetensors.index.json").write_text(json.dumps(index))
         (directory / "config.json").write_text(json.dumps(config, indent=1))
-        _write_tokenizer(directory, self.config.vocab_size)
+        if tokenizer_dir is None:
+            _write_tokenizer(directory, self.config.vocab_size)
+        else:
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                (directory / name).write_bytes((tokenizer_dir / name).read_bytes())
         return directory
 
     def _saved_by_transformers(self, directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:

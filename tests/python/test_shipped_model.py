@@ -1,0 +1,35 @@
+"""The shipped default model (flashmtp.shipped: models/tiny-v4-q4_k.gguf with its Q4_K MTP head) as a user
+meets it: `flashmtp run` with no -m, and greedy generation with and without MTP giving the same text.
+Oracle: plain greedy decoding of the same model (MTP must not change a token), and the head's drafts being
+accepted on code (it was trained for that: models/tiny-v4.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import flashmtp
+from flashmtp.shipped import shipped_model
+
+CODE = "import os\nimport sys\n\n\ndef main(argv):\n    "
+
+
+def test_greedy_text_is_the_same_with_and_without_mtp() -> None:
+    main, head = shipped_model()
+    model = flashmtp.Model(main, threads=2, mtp=head)
+    plain = model.generate(CODE, max_tokens=96, temperature=0, mtp=False)
+    for draft in (1, 2, 3, "auto"):
+        assert model.generate(CODE, max_tokens=96, temperature=0, draft=draft) == plain, draft
+    model.generate(CODE, max_tokens=96, temperature=0, draft=2)
+    spec = model.last_stats.speculative
+    assert spec.accepted > spec.drafted // 4  # a trained head: measured about 60-80% on this prompt
+
+
+def test_run_without_a_model_uses_the_shipped_one(cli_binary: str) -> None:
+    main, head = shipped_model()
+    python = subprocess.run([sys.executable, "-m", "flashmtp", "run", "-p", CODE, "-n", "48", "--temp", "0"],
+                            capture_output=True, text=True, check=True)
+    assert "mtp:" in python.stderr and "acceptance by draft position" in python.stderr
+    compiled = subprocess.run([cli_binary, "run", "-m", str(main), "--mtp", str(head), "-p", CODE, "-n", "48",
+                               "--temp", "0"], capture_output=True, text=True, check=True)
+    assert compiled.stdout == python.stdout
