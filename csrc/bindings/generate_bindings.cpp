@@ -17,6 +17,14 @@ namespace py = pybind11;
 namespace flashmtp {
 
 void bind_generate(py::module_ &m) {
+    py::class_<DraftCosts, std::shared_ptr<DraftCosts>>(
+        m, "DraftCosts",
+        "What drafting costs on one engine (the head's steps, decode batches by size): measured by the "
+        "generations that share it, so that auto drafting need not re-measure per request. Thread-safe.")
+        .def(py::init<>())
+        .def("decode_seconds", &DraftCosts::decode, py::arg("n_tokens"),
+             "Median seconds of a decode of n tokens (extrapolated when unmeasured; 0 before any).");
+
     py::class_<SpeculativeStats>(m, "SpeculativeStats", "MTP drafting: what was drafted, accepted and what it cost.")
         .def_readonly("rounds", &SpeculativeStats::rounds, "verify batches (rounds that drafted)")
         .def_readonly("drafted", &SpeculativeStats::drafted, "draft tokens verified")
@@ -60,10 +68,12 @@ void bind_generate(py::module_ &m) {
                            "One prompt's generation, stepped per token, over a fresh session or a kept one (chat).")
         .def(py::init([](const Engine &engine, const Tokenizer &tokenizer, const std::string &prompt,
                          int max_tokens, int n_ctx, float temperature, int top_k, float top_p, float min_p,
-                         uint64_t seed, bool add_special, bool parse_special, int draft, const std::string &mode) {
+                         uint64_t seed, bool add_special, bool parse_special, int draft, const std::string &mode,
+                         std::shared_ptr<DraftCosts> costs) {
                  GenerateParams p;
                  p.speculative.draft = draft;
                  p.speculative.mode = parse_draft_mode(mode);
+                 p.speculative.costs = std::move(costs);
                  p.max_tokens = max_tokens;
                  p.n_ctx = n_ctx;
                  p.add_special = add_special;
@@ -78,15 +88,17 @@ void bind_generate(py::module_ &m) {
              py::arg("engine"), py::arg("tokenizer"), py::arg("prompt"), py::arg("max_tokens"), py::arg("n_ctx"),
              py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("seed"),
              py::arg("add_special") = true, py::arg("parse_special") = false, py::arg("draft") = 0,
-             py::arg("draft_mode") = "coupled", py::keep_alive<1, 3>(),
+             py::arg("draft_mode") = "coupled", py::arg("draft_costs") = nullptr, py::keep_alive<1, 3>(),
              "draft: MTP draft tokens per round (0 off, 1..8, -1 auto); draft_mode: coupled, residual or greedy.")
         // Over a kept session (a chat): keeps the session and the tokenizer alive.
         .def(py::init([](Session &session, const Tokenizer &tokenizer, std::vector<int32_t> prompt,
                          const std::vector<int32_t> &cached, int max_tokens, float temperature, int top_k,
-                         float top_p, float min_p, uint64_t seed, int draft, const std::string &mode) {
+                         float top_p, float min_p, uint64_t seed, int draft, const std::string &mode,
+                         std::shared_ptr<DraftCosts> costs) {
                  GenerateParams p;
                  p.speculative.draft = draft;
                  p.speculative.mode = parse_draft_mode(mode);
+                 p.speculative.costs = std::move(costs);
                  p.max_tokens = max_tokens;
                  p.sampler.temperature = temperature;
                  p.sampler.top_k = top_k;
@@ -97,7 +109,8 @@ void bind_generate(py::module_ &m) {
              }),
              py::arg("session"), py::arg("tokenizer"), py::arg("prompt"), py::arg("cached"), py::arg("max_tokens"),
              py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("seed"),
-             py::arg("draft") = 0, py::arg("draft_mode") = "coupled", py::keep_alive<1, 2>(), py::keep_alive<1, 3>(),
+             py::arg("draft") = 0, py::arg("draft_mode") = "coupled", py::arg("draft_costs") = nullptr,
+             py::keep_alive<1, 2>(), py::keep_alive<1, 3>(),
              "Prompt token ids over a session holding `cached` (earlier tokens): only the part after their "
              "common prefix is decoded.")
         .def("step",

@@ -21,7 +21,7 @@ Generation::Generation(const Engine &engine, const Tokenizer &tokenizer, std::st
       sampler_(params.sampler),
       text_(tokenizer),
       tokens_(tokenizer.encode(prompt, params.add_special, params.parse_special)),
-      policy_(params.speculative.draft) {
+      policy_(params.speculative.draft, params.speculative.costs) {
     check_request(engine.has_draft_head());
     if (params.n_ctx < 0) {
         throw std::invalid_argument("generate: n_ctx must be >= 0 (0: fit the request), got " +
@@ -43,7 +43,7 @@ Generation::Generation(Session &session, const Tokenizer &tokenizer, std::vector
       sampler_(params.sampler),
       text_(tokenizer),
       tokens_(std::move(prompt)),
-      policy_(params.speculative.draft) {
+      policy_(params.speculative.draft, params.speculative.costs) {
     check_request(true);  // a session cannot tell; Session::draft throws if the engine has no head
     check_fits(session.n_ctx(), false);
     if (size_t(session.n_past()) < cached.size()) {

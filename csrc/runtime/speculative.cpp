@@ -54,11 +54,7 @@ std::string SpeculativeStats::summary(size_t head_bytes) const {
     return out + line;
 }
 
-DraftPolicy::DraftPolicy(int draft) : draft_(draft) {}
-
-double DraftPolicy::acceptance_at(int i) const { return (accepted_[size_t(i)] + 1.0) / (tried_[size_t(i)] + 2.0); }
-
-double DraftPolicy::Timing::median() const {
+double DraftCosts::Timing::median() const {
     const int n = std::min(count, kSamples);
     if (n == 0) return 0;
     std::array<double, kSamples> sorted = samples;
@@ -66,41 +62,93 @@ double DraftPolicy::Timing::median() const {
     return sorted[size_t(n / 2)];
 }
 
-double DraftPolicy::batch_seconds(int n_tokens) const {
-    // Unmeasured sizes cost what the largest measured smaller batch did: optimistic, so they get tried.
-    for (int n = n_tokens; n >= 1; --n) {
-        if (decode_s_[size_t(n)].count > 0) return decode_s_[size_t(n)].median();
-    }
-    return 0;
+void DraftCosts::add_decode(int n_tokens, double seconds) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    decode_[size_t(n_tokens)].add(seconds);
 }
 
-double DraftPolicy::expected_tokens(int k) const {
+void DraftCosts::add_first(double seconds) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    first_.add(seconds);
+}
+
+void DraftCosts::add_step(double seconds) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    step_.add(seconds);
+}
+
+bool DraftCosts::measured_decode(int n_tokens) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return decode_[size_t(n_tokens)].count > 0;
+}
+
+bool DraftCosts::measured_first() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return first_.count > 0;
+}
+
+double DraftCosts::first() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return first_.median();
+}
+
+double DraftCosts::step() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return step_.count > 0 ? step_.median() : first_.median();
+}
+
+double DraftCosts::decode(int n_tokens) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return decode_locked(n_tokens);
+}
+
+double DraftCosts::decode_locked(int n_tokens) const {
+    if (decode_[size_t(n_tokens)].count > 0) return decode_[size_t(n_tokens)].median();
+    // The line through one token's cost and the largest measured smaller batch's.
+    int m = n_tokens - 1;
+    while (m >= 1 && decode_[size_t(m)].count == 0) --m;
+    if (m < 1) return 0;
+    const double one = decode_[1].count > 0 ? decode_[1].median() : 0, at_m = decode_[size_t(m)].median();
+    if (m == 1 || one == 0) return at_m * n_tokens / m;
+    return at_m + (n_tokens - m) * (at_m - one) / (m - 1);
+}
+
+DraftPolicy::DraftPolicy(int draft, std::shared_ptr<DraftCosts> costs)
+    : draft_(draft), costs_(costs ? std::move(costs) : std::make_shared<DraftCosts>()) {}
+
+double DraftPolicy::acceptance_at(int i) const { return (accepted_[size_t(i)] + 1.0) / (tried_[size_t(i)] + 2.0); }
+
+double DraftPolicy::expected_tokens(int k, bool all_accepted) const {
     double expected = 1, run = 1;
     for (int i = 0; i < k; ++i) {
-        run *= acceptance_at(i);
+        run *= all_accepted ? 1.0 : acceptance_at(i);
         expected += run;
     }
     return expected;
 }
 
 double DraftPolicy::round_seconds(int k) const {
-    if (k == 0) return batch_seconds(1);
-    return first_s_.median() + (k - 1) * step_s_.median() + batch_seconds(k + 1);
+    if (k == 0) return costs_->decode(1);
+    return costs_->first() + (k - 1) * costs_->step() + costs_->decode(k + 1);
 }
 
 int DraftPolicy::choose(int limit) {
     limit = std::min(limit, Session::kMaxDraft);
     if (draft_ != SpeculativeParams::kAuto) return std::min(draft_, limit);
     if (limit <= 0) return 0;
-    // Measure plain decoding first (the first one warms up), then one-token drafts, then let the estimates decide.
-    if (decode_s_[1].count == 0) return 0;
-    if (first_s_.count == 0 || decode_s_[2].count == 0) return 1;
-    int best = 0;
-    double best_rate = kMargin * expected_tokens(0) / round_seconds(0);
+    // Measure plain decoding first, then one-token drafts, then let the estimates decide.
+    if (!costs_->measured_decode(1)) return 0;
+    if (!costs_->measured_first() || !costs_->measured_decode(2)) return 1;
+    const double plain_rate = kMargin / round_seconds(0);
+    int best = 0, best_possible = 0;
+    double best_rate = plain_rate;
     for (int k = 1; k <= limit; ++k) {
-        const double rate = expected_tokens(k) / round_seconds(k);
+        const double seconds = round_seconds(k);
+        if (expected_tokens(k, true) / seconds > plain_rate) best_possible = k;
+        const double rate = expected_tokens(k) / seconds;
         if (rate > best_rate) best = k, best_rate = rate;
     }
+    if (best_possible == 0) return 0;  // drafting cannot pay here: no probes either
     if (best > 0) plain_interval_ = kProbeInterval;
     const bool same_side = (best > 0) == (last_k_ > 0);
     streak_ = same_side ? streak_ + 1 : 0;
@@ -118,13 +166,13 @@ int DraftPolicy::choose(int limit) {
 
 void DraftPolicy::record(int k, int accepted, double first_s, double steps_s, double decode_s) {
     const size_t n = size_t(k + 1);
-    if (warm_[n]) decode_s_[n].add(decode_s);
+    if (warm_[n]) costs_->add_decode(k + 1, decode_s);
     warm_[n] = true;
     const int previous_k = last_k_;
     last_k_ = k;
     if (k == 0) return;
-    if (previous_k > 0 || first_s_.count == 0) first_s_.add(first_s);
-    if (k > 1) step_s_.add(steps_s / (k - 1));
+    if (previous_k > 0 || !costs_->measured_first()) costs_->add_first(first_s);
+    if (k > 1) costs_->add_step(steps_s / (k - 1));
     // Position i was tried if every earlier draft was accepted.
     for (int i = 0; i < k && i <= accepted; ++i) {
         tried_[size_t(i)] = kDecay * tried_[size_t(i)] + 1;

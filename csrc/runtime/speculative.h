@@ -18,6 +18,8 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "flashmtp.h"
@@ -44,9 +46,12 @@ enum class DraftMode {
 const char *draft_mode_name(DraftMode mode);
 DraftMode parse_draft_mode(const std::string &name);
 
+class DraftCosts;
+
 struct SpeculativeParams {
     int draft = 0;  // tokens per draft: 0 off, 1..Session::kMaxDraft fixed, kAuto chosen per round
     DraftMode mode = DraftMode::coupled;
+    std::shared_ptr<DraftCosts> costs;  // shared cost measurements (a Model's); null: the generation's own
     static constexpr int kAuto = -1;
     // Throws std::invalid_argument for a draft length outside [-1, kMaxDraft].
     void validate() const;
@@ -70,56 +75,78 @@ struct SpeculativeStats {
     std::string summary(size_t head_bytes) const;
 };
 
-// Chooses each round's draft length. Fixed lengths are returned as they are. "auto" picks the k in
-// [0, limit] that maximises expected tokens per second, E(k) / T(k):
-//   E(k) = 1 + a_1 + a_1 a_2 + ... + a_1..a_k, a_i the recent acceptance at draft position i given the earlier
-//          ones were accepted (decayed counts with a uniform prior, so the estimate follows the text: code
-//          and prose accept differently);
-//   T(k) = the seconds of the head's first step, k - 1 further steps and a verify batch of k + 1 tokens
-//          (T(0) = one plain decode), each the median of its last kSamples measurements (a shared machine's
-//          spikes do not move it); batch sizes not measured yet are assumed to cost what the next smaller
-//          measured one did, which makes the policy try them. The first decode of each size is not counted
-//          (it grows buffers), nor the head's first step after plain rounds (it catches up with them: a
-//          probe's cost, not a drafting round's).
-// Drafting must promise kMargin more tokens/s than plain decoding: a wrong guess costs a whole verify batch.
-// Estimates of the option not taken go stale, so auto takes the other one now and then: a plain decode
-// every kProbeInterval drafting rounds; a one-token draft after kProbeInterval plain rounds, then after twice
-// as many each time a probe does not make drafting pay (up to kMaxProbeInterval), so that text on which the
-// head is useless pays for few probes.
-class DraftPolicy {
+// What drafting costs with one engine on this machine: the head's first and further steps, and decode
+// batches by size, each the median of its last kSamples measurements (a shared machine's spikes do not move
+// it). A Model shares one among its generations, so that a request does not pay to measure what earlier
+// ones did. Thread-safe.
+class DraftCosts {
 public:
-    explicit DraftPolicy(int draft);  // SpeculativeParams::draft
-
-    int choose(int limit);
-    // A round of k drafts (k = 0: a plain decode) and what it took: the head's first step, its further steps
-    // together, and the decode of k + 1 tokens.
-    void record(int k, int accepted, double first_s, double steps_s, double decode_s);
-    // The current estimates, for statistics: acceptance at draft position i + 1, seconds of a batch of n + 1.
-    double acceptance_at(int i) const;
-    double batch_seconds(int n_tokens) const;
-
-    static constexpr int kProbeInterval = 32;
-    static constexpr int kMaxProbeInterval = 1024;
-    static constexpr double kMargin = 1.05;
     static constexpr int kSamples = 9;
 
+    void add_decode(int n_tokens, double seconds);
+    void add_first(double seconds);
+    void add_step(double seconds);
+    // Seconds of a decode of n tokens: measured, else extrapolated linearly from the measured sizes (0 before
+    // any); of the head's first step and of a further one (a further step, unmeasured, costs a first one).
+    double decode(int n_tokens) const;
+    double first() const;
+    double step() const;
+    bool measured_decode(int n_tokens) const;
+    bool measured_first() const;
+
 private:
-    // The median of the latest kSamples timings of one kind; 0 before the first.
+    // The latest kSamples timings of one kind.
     struct Timing {
         std::array<double, kSamples> samples{};
         int count = 0;
         void add(double seconds) { samples[size_t(count++ % kSamples)] = seconds; }
         double median() const;
     };
+    double decode_locked(int n_tokens) const;
 
-    double expected_tokens(int k) const;
+    mutable std::mutex mutex_;
+    std::array<Timing, Session::kMaxDraft + 2> decode_{};  // [n_tokens]
+    Timing first_, step_;
+};
+
+// Chooses each round's draft length. Fixed lengths are returned as they are. "auto" picks the k in
+// [0, limit] that maximises expected tokens per second, E(k) / T(k):
+//   E(k) = 1 + a_1 + a_1 a_2 + ... + a_1..a_k, a_i the recent acceptance at draft position i given the earlier
+//          ones were accepted (decayed counts with a uniform prior, so the estimate follows the text: code
+//          and prose accept differently);
+//   T(k) = the head's first step, k - 1 further steps and a verify batch of k + 1 tokens (T(0) = one plain
+//          decode), from DraftCosts. A generation's first decode of each size is not counted (it grows the
+//          session's buffers), nor the head's first step after plain rounds (it catches up with them: a
+//          probe's cost, not a drafting round's).
+// Drafting must promise kMargin more tokens/s than plain decoding: a wrong guess costs a whole verify batch.
+// When no draft length could pay even if every draft were accepted, auto stays at 0 and never probes.
+// Otherwise estimates of the option not taken go stale, so auto takes the other one now and then: a plain
+// decode every kProbeInterval drafting rounds; a one-token draft after kProbeInterval plain rounds, then after
+// twice as many each time a probe does not make drafting pay (up to kMaxProbeInterval).
+class DraftPolicy {
+public:
+    // draft: SpeculativeParams::draft; costs: shared measurements (null: this policy's own).
+    DraftPolicy(int draft, std::shared_ptr<DraftCosts> costs);
+
+    int choose(int limit);
+    // A round of k drafts (k = 0: a plain decode) and what it took: the head's first step, its further steps
+    // together, and the decode of k + 1 tokens.
+    void record(int k, int accepted, double first_s, double steps_s, double decode_s);
+    // The current estimate of the acceptance at draft position i + 1.
+    double acceptance_at(int i) const;
+
+    static constexpr int kProbeInterval = 32;
+    static constexpr int kMaxProbeInterval = 1024;
+    static constexpr double kMargin = 1.05;
+
+private:
+    double expected_tokens(int k, bool all_accepted = false) const;
     double round_seconds(int k) const;
 
     int draft_;
+    std::shared_ptr<DraftCosts> costs_;
     std::array<double, Session::kMaxDraft> tried_{}, accepted_{};  // decayed counts per draft position
-    std::array<Timing, Session::kMaxDraft + 2> decode_s_{};      // [n_tokens] a decode of n tokens
-    std::array<bool, Session::kMaxDraft + 2> warm_{};             // [n_tokens] a decode of n tokens was seen
-    Timing first_s_, step_s_;                                     // the head's first and further steps
+    std::array<bool, Session::kMaxDraft + 2> warm_{};             // [n_tokens] this generation decoded n tokens
     int last_k_ = 0;                                              // the previous round's draft length
     int streak_ = 0;                                              // consecutive rounds on the same side of 0
     int plain_interval_ = kProbeInterval;                         // plain rounds before the next draft probe

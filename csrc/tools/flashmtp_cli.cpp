@@ -174,6 +174,7 @@ int cmd_chat(const Args &args) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto engine = flashmtp::Engine::load(model, n_threads, mtp);
     settle_draft(params, *engine);
+    params.speculative.costs = std::make_shared<flashmtp::DraftCosts>();  // measured once for every turn
     const auto file = flashmtp::GGUFFile::open(model);
     const auto tokenizer = flashmtp::Tokenizer::from_gguf(*file);
     const auto chat_template = flashmtp::ChatTemplate::from_gguf(*file, tokenizer);

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ChatTemplate', 'Ds4Attention', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'MoeLayer', 'Sampler', 'Session', 'SpeculativeStats', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'ds4_rope_freqs', 'ds4_rope_freqs_yarn', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'moe_route', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
+__all__: list[str] = ['ChatTemplate', 'DraftCosts', 'Ds4Attention', 'Engine', 'GGUFError', 'GGUFFile', 'GGUFTensorBuffer', 'GenerateStats', 'Generation', 'HcHead', 'HcMixer', 'MoeLayer', 'Sampler', 'Session', 'SpeculativeStats', 'ThreadPool', 'TokenTextStream', 'Tokenizer', 'chat_prompt_tokens', 'dequantize', 'ds4_rope_freqs', 'ds4_rope_freqs_yarn', 'dtype_info', 'exp_row', 'hc_expand', 'isa', 'isa_available', 'matmul', 'matmul_types', 'moe_route', 'quantize', 'read_bandwidth', 'read_seconds', 'swiglu', 'unicode_version', 'vec_dot']
 class GGUFError(ValueError):
     pass
 class GGUFTensorBuffer:
@@ -265,6 +265,16 @@ class TokenTextStream:
         ...
     def push(self, id: typing.SupportsInt | typing.SupportsIndex) -> str:
         ...
+class DraftCosts:
+    """
+    What drafting costs on one engine (the head's steps, decode batches by size): measured by the generations that share it, so that auto drafting need not re-measure per request. Thread-safe.
+    """
+    def __init__(self) -> None:
+        ...
+    def decode_seconds(self, n_tokens: typing.SupportsInt | typing.SupportsIndex) -> float:
+        """
+        Median seconds of a decode of n tokens (extrapolated when unmeasured; 0 before any).
+        """
 class SpeculativeStats:
     """
     MTP drafting: what was drafted, accepted and what it cost.
@@ -374,12 +384,12 @@ class Generation:
     One prompt's generation, stepped per token, over a fresh session or a kept one (chat).
     """
     @typing.overload
-    def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: str, max_tokens: typing.SupportsInt | typing.SupportsIndex, n_ctx: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, add_special: bool = True, parse_special: bool = False, draft: typing.SupportsInt | typing.SupportsIndex = 0, draft_mode: str = 'coupled') -> None:
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: str, max_tokens: typing.SupportsInt | typing.SupportsIndex, n_ctx: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, add_special: bool = True, parse_special: bool = False, draft: typing.SupportsInt | typing.SupportsIndex = 0, draft_mode: str = 'coupled', draft_costs: DraftCosts = None) -> None:
         """
         draft: MTP draft tokens per round (0 off, 1..8, -1 auto); draft_mode: coupled, residual or greedy.
         """
     @typing.overload
-    def __init__(self, session: Session, tokenizer: Tokenizer, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], cached: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], max_tokens: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, draft: typing.SupportsInt | typing.SupportsIndex = 0, draft_mode: str = 'coupled') -> None:
+    def __init__(self, session: Session, tokenizer: Tokenizer, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], cached: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], max_tokens: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, draft: typing.SupportsInt | typing.SupportsIndex = 0, draft_mode: str = 'coupled', draft_costs: DraftCosts = None) -> None:
         """
         Prompt token ids over a session holding `cached` (earlier tokens): only the part after their common prefix is decoded.
         """

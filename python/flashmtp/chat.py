@@ -161,7 +161,8 @@ class Chat:
             raise ValueError(f"chat: max_tokens must be >= 1, got {max_tokens}")
         _core.Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)  # validates
         self.sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             min_p=min_p, seed=seed, draft=model._draft(mtp, draft), draft_mode=draft_mode)
+                             min_p=min_p, seed=seed, draft=model._draft(mtp, draft), draft_mode=draft_mode,
+                             draft_costs=model.draft_costs)
         self.session = model.session(n_ctx or min(4096, model.n_ctx_train))
         self.messages: list[dict[str, Any]] = []
         self._cached: list[int] = []  # tokens in the session's first positions

@@ -38,6 +38,8 @@ class Model:
         self.path = os.fspath(path)
         self.mtp_path = os.fspath(mtp) if mtp is not None else None
         self.engine = _core.Engine(self.path, threads, self.mtp_path or "")
+        #: What drafting costs here, measured by every generation of this model (auto drafting reads it).
+        self.draft_costs = _core.DraftCosts()
         #: Statistics of the latest generate() call (for stream=True: once its iterator is exhausted).
         self.last_stats: _core.GenerateStats | None = None
 
@@ -109,7 +111,8 @@ class Model:
         """
         generation = _core.Generation(self.engine, self.tokenizer, prompt, max_tokens, n_ctx or 0,
                                       temperature, top_k, top_p, min_p, seed,
-                                      draft=self._draft(mtp, draft), draft_mode=draft_mode)
+                                      draft=self._draft(mtp, draft), draft_mode=draft_mode,
+                                      draft_costs=self.draft_costs)
         pieces = self._run(generation)
         return pieces if stream else "".join(pieces)
 
@@ -132,7 +135,7 @@ class Model:
         session = self.session(n_ctx or min(len(prompt) + max_tokens, self.n_ctx_train))
         generation = _core.Generation(session, self.tokenizer, prompt, [], max_tokens, temperature, top_k,
                                       top_p, min_p, seed, draft=self._draft(mtp, draft),
-                                      draft_mode=draft_mode)
+                                      draft_mode=draft_mode, draft_costs=self.draft_costs)
         pieces = self._run(generation)
         return pieces if stream else "".join(pieces)
 

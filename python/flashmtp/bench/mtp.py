@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import statistics
 import sys
@@ -123,12 +124,13 @@ def _other_cpu_share(start: tuple[float, float], wall: float) -> float:
     return max(0.0, (busy - start[0]) - (own - start[1])) / (wall * (os.cpu_count() or 1))
 
 
-def project_v4slice(experts: str, threads: int, acceptance: list[float], max_draft: int = 3) -> list[float]:
-    """Projected speedups for draft 1..max_draft at V4-Flash dimensions (see the module docstring)."""
+@functools.cache
+def v4slice_times(experts: str, threads: int, max_batch: int) -> tuple[dict[str, float], int]:
+    """The v4slice's median decode times per batch size (flashmtp.bench.v4slice.measure), and its layer
+    count; measured once per run."""
     from flashmtp.bench.v4slice import (
         DIMS,
         FLASHMTP,
-        FULL_MODEL_LAYERS,
         Deepseek4Params,
         Workload,
         build_slice,
@@ -137,10 +139,18 @@ def project_v4slice(experts: str, threads: int, acceptance: list[float], max_dra
 
     path = build_slice("flash", experts, progress=True)
     p = Deepseek4Params.from_config(DIMS["flash"])
-    got = measure_in_process(FLASHMTP, str(path), threads, Workload(256, max_draft + 1, 5, 1), p.vocab_size)
+    got = measure_in_process(FLASHMTP, str(path), threads, Workload(256, max_batch, 5, 1), p.vocab_size)
     if isinstance(got, str):
         raise RuntimeError(f"the v4slice could not be measured: {got}")
-    layer = {n: got[f"body{n}"] / p.n_layer for n in range(1, max_draft + 2)}
+    return got, p.n_layer
+
+
+def project_v4slice(experts: str, threads: int, acceptance: list[float], max_draft: int = 3) -> list[float]:
+    """Projected speedups for draft 1..max_draft at V4-Flash dimensions (see the module docstring)."""
+    from flashmtp.bench.v4slice import FULL_MODEL_LAYERS
+
+    got, n_layer = v4slice_times(experts, threads, max_draft + 1)
+    layer = {n: got[f"body{n}"] / n_layer for n in range(1, max_draft + 2)}
     head = {n: got[f"t{n}"] - got[f"body{n}"] for n in range(1, max_draft + 2)}
     main = {n: FULL_MODEL_LAYERS * layer[n] + head[n] for n in layer}
     draft_first, draft_step = layer[2] + head[1], layer[1] + head[1]

@@ -232,7 +232,8 @@ class Scheduler:
             if job.logprobs is None:
                 generation = _core.Generation(session, tokenizer, prompt, cached, job.max_tokens,
                                               job.temperature, job.top_k, job.top_p, job.min_p, job.seed,
-                                              draft=job.draft, draft_mode=job.draft_mode)
+                                              draft=job.draft, draft_mode=job.draft_mode,
+                                              draft_costs=self.model.draft_costs)
             else:
                 sampler = _core.Sampler(temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
                                         min_p=job.min_p, seed=job.seed)
