@@ -203,7 +203,8 @@ def test_chat_with_drafts_gives_the_same_replies(files: dict[str, Path]) -> None
 
     model = flashmtp.Model(files["peaked"], threads=1, mtp=mtp_path(files["peaked"]))
     template = ChatTemplate("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
-    chats = [Chat(model, template=template, max_tokens=30, temperature=0, mtp=mtp) for mtp in (False, True)]
+    chats = [Chat(model, template=template, max_tokens=30, temperature=0, mtp=mtp, draft=2)
+             for mtp in (False, True)]
     for text in ["the quick brown fox", "jumps over", "the lazy dog"]:
         plain, drafted = (chat.send(text) for chat in chats)
         assert drafted == plain
