@@ -30,7 +30,6 @@ import ctypes
 import multiprocessing
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,12 +37,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from flashmtp.convert import _add_kv, deepseek4
+from flashmtp.convert import deepseek4, write_gguf
 from flashmtp.convert.deepseek4 import Deepseek4Params, TensorSpec
 from flashmtp.convert.recipes import TensorClass, find_recipe, tensor_type
 
@@ -159,8 +157,6 @@ def _vocab(directory: Path, vocab_size: int) -> Any:
 def build_slice(dims: str, experts: str, cache_dir: Path = CACHE_DIR, progress: bool = True,
                 seed: int = 0) -> Path:
     """The cached slice file of this setting, built first if absent (to ``.partial``, then renamed)."""
-    from tqdm import tqdm
-
     path = slice_path(dims, experts, cache_dir)
     if path.is_file():
         return path
@@ -169,32 +165,11 @@ def build_slice(dims: str, experts: str, cache_dir: Path = CACHE_DIR, progress: 
     p = Deepseek4Params.from_config(DIMS[dims])
     plan = _plan(p, experts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     rng = np.random.default_rng(seed)
-    writer = gguf.GGUFWriter(partial, deepseek4.ARCH)
-    writer.add_name(f"v4slice-{dims}")
-    writer.add_file_type(find_recipe(experts).file_type)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for key, value in deepseek4.metadata(p, p.n_layer).items():
-        _add_kv(writer, key, value)
     with tempfile.TemporaryDirectory() as tmp:
-        _vocab(Path(tmp), p.vocab_size).add_to(writer)
-    for t in plan:
-        writer.add_tensor_info(t.spec.name, t.spec.shape, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        with tqdm(total=sum(t.n_bytes for t in plan), unit="B", unit_scale=True, desc=path.name,
-                  disable=not progress, file=sys.stderr) as bar:
-            for t in plan:
-                writer.write_tensor_data(_RandomTensor(t, p.n_expert, rng, bar))  # type: ignore[arg-type]
-        writer.close()
-        partial.replace(path)
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
+        write_gguf(path, f"v4slice-{dims}", find_recipe(experts).file_type, deepseek4.metadata(p, p.n_layer),
+                   _vocab(Path(tmp), p.vocab_size), plan,
+                   lambda t, bar: _RandomTensor(t, p.n_expert, rng, bar), progress)
     return path
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,14 +260,19 @@ def _add_kv(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
         writer.add_array(key, value)  # ints -> INT32, floats -> FLOAT32, strings -> STRING (gguf's rule)
 
 
-def _write(path: Path, plan: list[_Planned], meta: dict[str, Any], vocab: Vocab, ckpt: Checkpoint, r: Recipe,
-           encode: _Encoder, progress: bool) -> WrittenFile:
+def write_gguf(path: Path, name: str, file_type: int, meta: dict[str, Any], vocab: Vocab, plan: Sequence[Any],
+               tensor_data: Callable[[Any, Any], Any], progress: bool) -> int:
+    """Writes a deepseek4 GGUF tensor by tensor: general.name, the file type, ``meta``, the vocabulary and one
+    tensor per ``plan`` entry (``.spec.name``, ``.spec.shape``, ``.qtype``, ``.n_bytes``), whose bytes come
+    from ``tensor_data(entry, bar)`` (an object with ``nbytes`` and ``tofile``, advancing the tqdm bar).
+    Written to ``NAME.partial`` and renamed, so a reader never sees half a file; the partial file is removed
+    on any error. Returns the tensor bytes written."""
     from tqdm import tqdm
 
     partial = path.with_name(path.name + ".partial")
     writer = gguf.GGUFWriter(partial, deepseek4.ARCH)
-    writer.add_name(ckpt.directory.resolve().name)
-    writer.add_file_type(r.file_type)
+    writer.add_name(name)
+    writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, value in meta.items():
         _add_kv(writer, key, value)
@@ -282,13 +287,20 @@ def _write(path: Path, plan: list[_Planned], meta: dict[str, Any], vocab: Vocab,
         with tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress,
                   file=sys.stderr) as bar:
             for t in plan:
-                writer.write_tensor_data(_StreamedTensor(ckpt, t, encode, bar))  # type: ignore[arg-type]
+                writer.write_tensor_data(tensor_data(t, bar))
         writer.close()
         partial.replace(path)
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)
         raise
+    return total
+
+
+def _write(path: Path, plan: list[_Planned], meta: dict[str, Any], vocab: Vocab, ckpt: Checkpoint, r: Recipe,
+           encode: _Encoder, progress: bool) -> WrittenFile:
+    total = write_gguf(path, ckpt.directory.resolve().name, r.file_type, meta, vocab, plan,
+                       lambda t, bar: _StreamedTensor(ckpt, t, encode, bar), progress)
     return WrittenFile(path, len(plan), total, dict(Counter(t.qtype.name for t in plan)))
 
 
