@@ -44,6 +44,7 @@ public:
     // Throws std::logic_error without a head, std::invalid_argument for a token outside the vocabulary, an
     // empty session, or more than kMaxDraft drafts.
     static constexpr int kMaxDraft = 8;
+    virtual bool has_draft_head() const = 0;
     virtual void draft(int32_t next, float *logits) = 0;
     virtual void draft_next(int32_t drafted, float *logits) = 0;
     // Positions the session can hold.

@@ -306,6 +306,14 @@ void deepseek4_rewind(const Ds4Model &model, Ds4State &state, int64_t n_past) {
     }
 }
 
+void deepseek4_embed(const WeightMatrix &token_embd, const int32_t *tokens, int64_t n_tokens, float *out) {
+    const DequantizeRowFn dequantize = kernels().dequantize_row[token_embd.type];
+    const auto *rows = static_cast<const uint8_t *>(token_embd.data);  // [n_vocab, row_stride bytes]
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        dequantize(rows + size_t(tokens[t]) * token_embd.row_stride, out + t * token_embd.n_cols, token_embd.n_cols);
+    }
+}
+
 void deepseek4_resize_batch(const Ds4Hparams &h, Ds4State &s, int64_t n_tokens) {
     const size_t T = size_t(n_tokens), D = size_t(h.n_embd), n = size_t(h.hc.n_streams);
     s.embd.resize(T * D);
@@ -359,11 +367,7 @@ void deepseek4_forward(const Ds4Model &model, Ds4State &s, const int32_t *tokens
     const int64_t D = h.n_embd, n = h.hc.n_streams;
     deepseek4_resize_batch(h, s, n_tokens);
 
-    const DequantizeRowFn dequantize = kernels().dequantize_row[model.token_embd.type];
-    const auto *embd = static_cast<const uint8_t *>(model.token_embd.data);  // [n_vocab, row_stride bytes]
-    for (int64_t t = 0; t < n_tokens; ++t) {
-        dequantize(embd + size_t(tokens[t]) * model.token_embd.row_stride, s.embd.data() + t * D, D);
-    }
+    deepseek4_embed(model.token_embd, tokens, n_tokens, s.embd.data());
     hc_expand(h.hc, s.embd.data(), n_tokens, s.streams.data());
 
     for (size_t il = 0; il < model.layers.size(); ++il) {

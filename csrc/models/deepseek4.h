@@ -103,6 +103,8 @@ void deepseek4_forward(const Ds4Model &model, Ds4State &state, const int32_t *to
                        int64_t n_past, int64_t n_logits, float *logits, ThreadPool &pool);
 
 // The steps of a forward pass, shared with the MTP head:
+// out [n_tokens, n_embd] = the rows of token_embd [n_vocab, n_embd] for tokens, dequantized;
+void deepseek4_embed(const WeightMatrix &token_embd, const int32_t *tokens, int64_t n_tokens, float *out);
 // sizes the state's activation buffers for a batch of n_tokens;
 void deepseek4_resize_batch(const Ds4Hparams &h, Ds4State &state, int64_t n_tokens);
 // runs one block (mixer, attention, mixer, MoE) over state.streams [n_tokens, n_streams, n_embd] in place,

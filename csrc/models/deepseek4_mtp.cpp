@@ -145,11 +145,7 @@ void deepseek4_mtp_forward(const Ds4Model &main, const Ds4MtpHead &head, Ds4Stat
     for (int64_t r = 0; r < rows; ++r) rms_norm(x_streams + r * D, head.hnorm, 1, D, h.rms_eps, input + r * 2 * D + D);
     deepseek4_resize_batch(h, s, n_tokens);
 
-    const DequantizeRowFn dequantize = kernels().dequantize_row[head.token_embd.type];
-    const auto *embd = static_cast<const uint8_t *>(head.token_embd.data);  // [n_vocab, row_stride bytes]
-    for (int64_t t = 0; t < n_tokens; ++t) {
-        dequantize(embd + size_t(next_tokens[t]) * head.token_embd.row_stride, s.embd.data() + t * D, D);
-    }
+    deepseek4_embed(head.token_embd, next_tokens, n_tokens, s.embd.data());
     rms_norm(s.embd.data(), head.enorm, n_tokens, D, h.rms_eps, s.embd.data());
     for (int64_t r = 0; r < rows; ++r) {
         const float *e = s.embd.data() + (r / n) * D;

@@ -102,6 +102,8 @@ public:
         n_past_ = n_past;
     }
 
+    bool has_draft_head() const override { return engine_->has_draft_head(); }
+
     void draft(int32_t next, float *logits) override {
         if (!engine_->has_draft_head()) throw std::logic_error("draft: the engine has no MTP draft head");
         if (n_past_ == 0) throw std::invalid_argument("draft: the session is empty; decode the prompt first");

@@ -44,7 +44,7 @@ Generation::Generation(Session &session, const Tokenizer &tokenizer, std::vector
       text_(tokenizer),
       tokens_(std::move(prompt)),
       policy_(params.speculative.draft, params.speculative.costs) {
-    check_request(true);  // a session cannot tell; Session::draft throws if the engine has no head
+    check_request(session.has_draft_head());
     check_fits(session.n_ctx(), false);
     if (size_t(session.n_past()) < cached.size()) {
         throw std::invalid_argument("generate: " + std::to_string(cached.size()) +

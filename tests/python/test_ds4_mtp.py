@@ -367,6 +367,8 @@ def test_sidecar_errors(files: dict[str, Path], tmp_path: Path, repo_root: Path)
     session = plain.session(16)
     with pytest.raises(RuntimeError, match="no MTP draft head"):
         session.draft(1)
+    with pytest.raises(ValueError, match="drafting needs an MTP draft head"):  # at once, not mid-generation
+        _core.Generation(session, plain.tokenizer, [1, 2], [], 4, 0.0, 40, 0.95, 0.05, 0, draft=2)
     session = engine(main).session(16)
     with pytest.raises(ValueError, match="the session is empty"):
         session.draft(1)
