@@ -68,17 +68,26 @@ public:
                                         std::to_string(n_ctx_));
         }
         check_tokens(tokens, n_tokens, "decode");
-        engine_->model().forward(*state_, tokens, n_tokens, n_past_, n_logits, logits_out, engine_->pool());
-        history_.insert(history_.end(), tokens, tokens + n_tokens);
-        n_past_ += n_tokens;
         n_drafted_ = -1;
+        // In passes of at most kMaxBatch tokens (same bits as one pass: batch invariance); the logits wanted are
+        // the batch's last n_logits tokens, so each pass gives those of its own tokens among them.
+        const int first_logit = n_tokens - n_logits;
+        for (int at = 0; at < n_tokens; at += kMaxBatch) {
+            const int n = std::min(kMaxBatch, n_tokens - at), logits_from = std::max(at, first_logit);
+            const int n_pass_logits = std::max(0, at + n - logits_from);
+            float *pass_logits =
+                n_pass_logits > 0 ? logits_out + size_t(logits_from - first_logit) * n_vocab() : nullptr;
+            engine_->model().forward(*state_, tokens + at, n, n_past_, n_pass_logits, pass_logits, engine_->pool());
+            history_.insert(history_.end(), tokens + at, tokens + at + n);
+            n_past_ += n;
+        }
     }
 
     int n_past() const override { return n_past_; }
 
     // Within the state's rewind depth (a KV cache indexed by absolute position has no limit) the model drops the
     // positions in place. Beyond it the session re-runs the kept tokens [0, n_past) into a fresh state: exact,
-    // because a token's results do not depend on the batches it ran in; in batches of kRerunBatch tokens so
+    // because a token's results do not depend on the batches it ran in; in passes of kMaxBatch tokens so
     // that the activation buffers stay bounded whatever n_past is.
     void rewind(int n_past) override {
         if (n_past < 0 || n_past > n_past_) {
@@ -92,8 +101,8 @@ public:
             model.rewind(*state_, n_past);
         } else {
             std::unique_ptr<ModelState> fresh = new_state();
-            for (int at = 0; at < n_past; at += kRerunBatch) {
-                const int n = std::min(kRerunBatch, n_past - at);
+            for (int at = 0; at < n_past; at += kMaxBatch) {
+                const int n = std::min(kMaxBatch, n_past - at);
                 model.forward(*fresh, history_.data() + at, n, at, 0, nullptr, engine_->pool());
             }
             state_ = std::move(fresh);
@@ -127,7 +136,9 @@ public:
     size_t state_size() const override { return state_->size_bytes(); }
 
 private:
-    static constexpr int kRerunBatch = 512;
+    // Tokens per forward pass. A pass's activations grow with its tokens (V4-Flash: about 0.6 MB per token in
+    // attention alone), so a long prompt goes in passes: bounded memory, buffers that stay in use.
+    static constexpr int kMaxBatch = 512;
 
     std::unique_ptr<ModelState> new_state() const {
         return engine_->model().new_state(n_ctx_, engine_->n_threads(), rewind_depth());
