@@ -14,6 +14,9 @@ namespace flashmtp {
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
+// The indexer's scores: entries per task, and the most scores held at once (16 MB).
+constexpr int64_t kIndexChunk = 256;
+constexpr int64_t kIndexScoreFloats = int64_t(4) << 20;
 
 // ---- rotary embedding -------------------------------------------------------------------------------------
 
@@ -357,48 +360,61 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
         selected = scratch.selected.data();      // [n_tokens, index_top_k]
         n_selected = scratch.n_selected.data();  // [n_tokens]
         const int64_t max_visible = visible_entries(n_past + n_tokens - 1, m);
-        if (scratch.thread_scores.size() < size_t(pool.n_threads() * max_visible)) {
-            scratch.thread_scores.resize(size_t(pool.n_threads() * max_visible));
-        }
         if (scratch.thread_candidates.size() < size_t(pool.n_threads() * max_visible)) {
             scratch.thread_candidates.resize(size_t(pool.n_threads() * max_visible));
         }
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            rope_rotate(index_q + t * n_index_head * di, n_index_head, di, s.n_rot, rope_cos + t * n_pairs,
+                        rope_sin + t * n_pairs, false);
+        }
+        // Scores go to the threads in tasks of (token, kIndexChunk entries), not one task per token: a decode
+        // step's single query still spreads over every thread, and its entries grow with the context (a quarter
+        // of the positions). Tokens go in blocks whose scores fit in kIndexScoreFloats.
+        const int64_t n_chunks = (max_visible + kIndexChunk - 1) / kIndexChunk;
+        const int64_t block = std::clamp<int64_t>(kIndexScoreFloats / std::max<int64_t>(1, max_visible), 1, n_tokens);
+        float *scores = sized(scratch.index_scores, block * max_visible);  // [block, max_visible]
         const VecDotFn dot = kernels().vec_dot[DTYPE_F32];
         const float score_scale = 1.0f / std::sqrt(float(di)), weight_scale = 1.0f / std::sqrt(float(n_index_head));
         const float *keys = state.indexer.entries.data();  // [n_entries, di]
-        pool.parallel_for(n_tokens, [&](int64_t t, int thread) {
-            const int64_t position = n_past + t, n_visible = visible_entries(position, m);
-            float *qt = index_q + t * n_index_head * di;
-            rope_rotate(qt, n_index_head, di, s.n_rot, rope_cos + t * n_pairs, rope_sin + t * n_pairs, false);
-            float *scores = scratch.thread_scores.data() + thread * max_visible;               // [n_visible]
-            int64_t *candidates = scratch.thread_candidates.data() + thread * max_visible;     // [n_visible]
-            const float *head_weights = index_weights + t * n_index_head;  // [index_n_head]
-            for (int64_t e = 0; e < n_visible; ++e) {
-                // sum_h w_h * ReLU(q_h . k_e) / sqrt(di), heads in order as transformers sums them; the key is
-                // the kernel's "weight" row so up to VEC_DOT_MAX_X heads share one pass over it
-                float score = 0.0f;
-                for (int64_t h0 = 0; h0 < n_index_head; h0 += VEC_DOT_MAX_X) {
-                    const int n_x = int(std::min<int64_t>(VEC_DOT_MAX_X, n_index_head - h0));
-                    float qk[VEC_DOT_MAX_X];
-                    dot(di, keys + e * di, qt + h0 * di, size_t(di) * sizeof(float), n_x, qk);
-                    for (int i = 0; i < n_x; ++i) {
-                        score += std::max(qk[i], 0.0f) * score_scale * (head_weights[h0 + i] * weight_scale);
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += block) {
+            const int64_t n_block = std::min(block, n_tokens - t0);
+            pool.parallel_for(n_block * n_chunks, [&](int64_t task, int) {
+                const int64_t t = t0 + task / n_chunks, e_begin = (task % n_chunks) * kIndexChunk;
+                const int64_t e_end = std::min(visible_entries(n_past + t, m), e_begin + kIndexChunk);
+                const float *qt = index_q + t * n_index_head * di;
+                const float *head_weights = index_weights + t * n_index_head;  // [index_n_head]
+                for (int64_t e = e_begin; e < e_end; ++e) {
+                    // sum_h w_h * ReLU(q_h . k_e) / sqrt(di), heads in order as transformers sums them; the key
+                    // is the kernel's "weight" row so up to VEC_DOT_MAX_X heads share one pass over it
+                    float score = 0.0f;
+                    for (int64_t h0 = 0; h0 < n_index_head; h0 += VEC_DOT_MAX_X) {
+                        const int n_x = int(std::min<int64_t>(VEC_DOT_MAX_X, n_index_head - h0));
+                        float qk[VEC_DOT_MAX_X];
+                        dot(di, keys + e * di, qt + h0 * di, size_t(di) * sizeof(float), n_x, qk);
+                        for (int i = 0; i < n_x; ++i) {
+                            score += std::max(qk[i], 0.0f) * score_scale * (head_weights[h0 + i] * weight_scale);
+                        }
                     }
+                    scores[(t - t0) * max_visible + e] = score;
                 }
-                scores[e] = score;
-                candidates[e] = e;
-            }
-            // top-k by score, ties to the lower index; then back to index order, so that the attention below
-            // sums the chosen entries in position order
-            const int64_t k = std::min(s.index_top_k, n_visible);
-            std::partial_sort(candidates, candidates + k, candidates + n_visible, [&](int64_t a, int64_t b) {
-                return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
             });
-            int64_t *chosen = selected + t * s.index_top_k;
-            std::copy(candidates, candidates + k, chosen);
-            std::sort(chosen, chosen + k);
-            n_selected[t] = k;
-        });
+            pool.parallel_for(n_block, [&](int64_t i, int thread) {
+                // top-k by score, ties to the lower index; then back to index order, so that the attention below
+                // sums the chosen entries in position order
+                const int64_t t = t0 + i, n_visible = visible_entries(n_past + t, m);
+                const float *token_scores = scores + i * max_visible;  // [n_visible]
+                int64_t *candidates = scratch.thread_candidates.data() + thread * max_visible;  // [n_visible]
+                for (int64_t e = 0; e < n_visible; ++e) candidates[e] = e;
+                const int64_t k = std::min(s.index_top_k, n_visible);
+                std::partial_sort(candidates, candidates + k, candidates + n_visible, [&](int64_t a, int64_t b) {
+                    return token_scores[a] > token_scores[b] || (token_scores[a] == token_scores[b] && a < b);
+                });
+                int64_t *chosen = selected + t * s.index_top_k;
+                std::copy(candidates, candidates + k, chosen);
+                std::sort(chosen, chosen + k);
+                n_selected[t] = k;
+            });
+        }
     }
 
     // ---- attention: window keys, then the visible (HCA) or selected (CSA) entries, one softmax with the sink.

@@ -133,7 +133,8 @@ struct Ds4AttentionScratch {
     std::vector<int64_t> selected;           // [n_tokens, index_top_k] CSA entries each query attends to
     std::vector<int64_t> n_selected;         // [n_tokens]
     std::vector<float> pool_weights;         // [2 m + n_rot] one compressor channel's softmax; an entry's angles
-    std::vector<float> thread_scores;        // [n_threads, 8 heads x keys] or [n_threads, entries] (indexer)
+    std::vector<float> index_scores;         // [token block, entries] the indexer's scores
+    std::vector<float> thread_scores;        // [n_threads, 8 heads x keys]
     std::vector<int64_t> thread_candidates;  // [n_threads, entries of the latest query] (indexer)
     std::vector<const float *> thread_keys;  // [n_threads, keys of the latest query]
 };

@@ -261,6 +261,21 @@ def test_q8_0_weights(layer_type):
     assert_close(run_native(layer, x.numpy(), CHUNKS), oracle(config, attention, x, CHUNKS), 2e-2)
 
 
+
+def test_csa_indexer_past_one_score_chunk():
+    """1100 tokens: 275 CSA entries, past the indexer's 256 entries per task (ds4_attention.cpp), so a decode
+    step's scores split over several tasks and threads. Against transformers with the same chunks, and bitwise
+    equal to one prefill."""
+    config, attention = make_attention("compressed_sparse_attention", max_position_embeddings=2048)
+    layer, _ = native(config, attention, n_threads=2)
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((1100, config.hidden_size), np.float32))
+    chunks = [1090] + [1] * 10
+    stepped = run_native(layer, x.numpy(), chunks)
+    assert layer.n_entries == 275
+    assert_close(stepped, oracle(config, attention, x, chunks))
+    fresh, _ = native(config, attention, n_threads=2)
+    np.testing.assert_array_equal(run_native(fresh, x.numpy(), [1100]), stepped)
+
 def test_csa_selection_matters():
     """With index_topk 3 the indexer must drop entries: the output differs from the same layer attending to
     every visible entry (top-k >= all), so the selection path is exercised, not bypassed."""
