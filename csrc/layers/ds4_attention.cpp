@@ -490,12 +490,19 @@ void ds4_attention_forward(const Ds4AttentionShape &s, const Ds4AttentionWeights
     // ---- grouped low-rank output: group g's heads through rows [g R, (g+1) R) of W_oa, then W_ob
     const int64_t r = s.o_lora_rank;
     float *lora_out = sized(scratch.lora_out, s.o_groups * n_tokens * r);  // [o_groups, n_tokens, o_lora_rank]
-    for (int64_t g = 0; g < s.o_groups; ++g) {
-        WeightMatrix group = w.o_a;
-        group.data = static_cast<const uint8_t *>(w.o_a.data) + size_t(g * r) * w.o_a.row_stride;
-        group.n_rows = r;
-        matmul(group, attn_out + g * n_tokens * group_width, n_tokens, lora_out + g * n_tokens * r, pool,
-               scratch.matmul);
+    // The groups' products in one job (one hand-off to the threads instead of one per group).
+    WeightMatrix groups[kMaxSharedOutputs];
+    MatmulProblem products[kMaxSharedOutputs];
+    for (int64_t g0 = 0; g0 < s.o_groups; g0 += kMaxSharedOutputs) {
+        const int n = int(std::min<int64_t>(kMaxSharedOutputs, s.o_groups - g0));
+        for (int i = 0; i < n; ++i) {
+            const int64_t g = g0 + i;
+            groups[i] = w.o_a;
+            groups[i].data = static_cast<const uint8_t *>(w.o_a.data) + size_t(g * r) * w.o_a.row_stride;
+            groups[i].n_rows = r;
+            products[i] = {&groups[i], attn_out + g * n_tokens * group_width, n_tokens, lora_out + g * n_tokens * r};
+        }
+        matmul_grouped(products, n, pool, scratch.matmul);
     }
     float *lora_by_token = sized(scratch.lora_by_token, n_tokens * s.o_groups * r);  // [n_tokens, o_groups * R]
     for (int64_t g = 0; g < s.o_groups; ++g) {
