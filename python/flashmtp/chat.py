@@ -53,10 +53,11 @@ CHATML_TEMPLATE = (
 )
 
 #: DeepSeek-V4's conversation format with tools, ours, for deepseek4 files whose template ignores ``tools``
-#: (ChatTemplate.from_model). As DeepSeek-V3.2/V4 render it: the system prompt ends with a "## Tools" section
-#: (how to write a DSML call block, then each tool's function schema as one JSON line); an assistant's calls
-#: follow its text after a blank line as a DSML block, string arguments raw and the others JSON; tool
-#: results are <tool_result> blocks of the next user turn; a reply without thinking opens with "</think>".
+#: (ChatTemplate.from_model). As DeepSeek-V3.2/V4 render it: the system prompt (the system messages, joined,
+#: after BOS) ends with a "## Tools" section (how to write a DSML call block, then each tool's function
+#: schema as one JSON line); an assistant's calls follow its text after a blank line as a DSML block, string
+#: arguments raw and the others JSON; tool results are <tool_result> blocks of the next user turn; a reply
+#: without thinking opens with "</think>".
 #: flashmtp.server.tools parses the calls back. A string argument holding the parameter's closing tag gets
 #: its "<" written "&lt;" (a tool result holding "</tool_result>" likewise), as antirez/ds4 does.
 DEEPSEEK4_TOOLS_TEMPLATE = """\

@@ -6,7 +6,7 @@ Oracles:
   raw text, string="false" JSON, invokes = parallel calls, V3.2's ``function_calls`` name).
 - streaming: the whole-text parse. For the text split at every character boundary (and fed one character at
   a time), the streamed content plus the finish() rest and calls equal parse_tool_calls on the whole text,
-  and no DSML markup is ever sent. Hypothesis extends this to random texts built from DSML pieces.
+  and no opening tag is ever sent. Hypothesis extends this to random texts built from DSML pieces.
 - robustness: hypothesis, arbitrary text never makes the parser raise.
 - template: hand-written prompt text laid out as DeepSeek-V3.2's published encoding lays it out (tools section
   in the system prompt, "\\n\\n" + DSML block + EOS after the assistant's text, V4's ``tool_calls`` name and
@@ -21,7 +21,7 @@ import json
 
 import pytest
 from flashmtp.chat import DEEPSEEK4_TOOLS_TEMPLATE, ChatTemplate
-from flashmtp.server.tools import ParsedCall, ToolCallStream, parse_tool_calls
+from flashmtp.server.tools import FORMATS, ParsedCall, ToolCallStream, parse_tool_calls
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,16 +126,19 @@ def test_qwen_and_dsml_blocks_in_one_reply() -> None:
     assert content == "A B"
 
 
-@pytest.mark.parametrize("text", [
-    block(invoke("delete_everything", param("path", "/"))),                          # not offered
-    block(PARIS, invoke("delete_everything")),                                       # one of two not offered
-    block(invoke("search", param("q", "x"), "stray text")),                          # not only parameters
-    block(invoke("search", '<｜DSML｜parameter name="q" string="true">unclosed')),   # a broken parameter
-    block(invoke("search", '["a", "list"]')),                                        # JSON, not an object
-    OPEN + "\nno invokes at all\n" + CLOSE,
-    OPEN + '\n<｜DSML｜invoke name="search">\n' + param("q", "cut"),           # EOS inside the only call
-    "<｜DSML｜tool_call>" + PARIS + "</｜DSML｜tool_call>",                      # not a block name
-])
+NOT_CALLS = {
+    "not_offered": block(invoke("delete_everything", param("path", "/"))),
+    "one_of_two_not_offered": block(PARIS, invoke("delete_everything")),
+    "not_only_parameters": block(invoke("search", param("q", "x"), "stray text")),
+    "broken_parameter": block(invoke("search", '<｜DSML｜parameter name="q" string="true">unclosed')),
+    "json_not_an_object": block(invoke("search", '["a", "list"]')),
+    "no_invokes": OPEN + "\nno invokes at all\n" + CLOSE,
+    "eos_inside_the_only_call": OPEN + '\n<｜DSML｜invoke name="search">\n' + param("q", "cut"),
+    "not_a_block_name": "<｜DSML｜tool_call>" + PARIS + "</｜DSML｜tool_call>",
+}
+
+
+@pytest.mark.parametrize("text", NOT_CALLS.values(), ids=NOT_CALLS.keys())
 def test_blocks_that_are_not_calls_stay_text(text: str) -> None:
     assert parse_tool_calls("Hi " + text + " bye", NAMES) == ([], "Hi " + text + " bye")
 
@@ -159,19 +162,19 @@ def test_invoke_closed_by_the_block_end() -> None:
 
 # --- streaming ------------------------------------------------------------------------------
 
-STREAM_CASES = [
-    "Let me check.\n\n" + block(PARIS),
-    "Let me check.\n\n" + block(PARIS) + "\n\nDone. ",
-    "  " + block(PARIS, invoke("search", param("q", "a\nb"))),
-    "Text with < and <｜ and <｜DSML｜ but no block.\n",
-    "Almost <｜DSML｜tool_call but not quite",
-    "Unknown: " + block(invoke("nope")) + " then " + block(PARIS),
-    "Cut off: " + OPEN + "\n" + PARIS + "\n" + '<｜DSML｜invoke name="search">',
-    'Qwen too <tool_call>{"name": "search", "arguments": {}}</tool_call>\n' + block(PARIS),
-    '{"name": "search", "arguments": {"q": "bare JSON"}}',
-    "Trailing spaces   \n\n",
-    "V3.2 " + block(PARIS, open_="<｜DSML｜function_calls>", close="</｜DSML｜function_calls>"),
-]
+STREAM_CASES = {
+    "text_then_call": "Let me check.\n\n" + block(PARIS),
+    "text_around_call": "Let me check.\n\n" + block(PARIS) + "\n\nDone. ",
+    "parallel_calls_only": "  " + block(PARIS, invoke("search", param("q", "a\nb"))),
+    "tag_starts_only": "Text with < and <｜ and <｜DSML｜ but no block.\n",
+    "almost_a_tag": "Almost <｜DSML｜tool_call but not quite",
+    "unknown_then_call": "Unknown: " + block(invoke("nope")) + " then " + block(PARIS),
+    "cut_off": "Cut off: " + OPEN + "\n" + PARIS + "\n" + '<｜DSML｜invoke name="search">',
+    "qwen_and_dsml": 'Qwen too <tool_call>{"name": "search", "arguments": {}}</tool_call>\n' + block(PARIS),
+    "bare_json": '{"name": "search", "arguments": {"q": "bare JSON"}}',
+    "trailing_whitespace": "Trailing spaces   \n\n",
+    "v32_name": "V3.2 " + block(PARIS, open_="<｜DSML｜function_calls>", close="</｜DSML｜function_calls>"),
+}
 
 
 def stream(text: str, pieces: list[str]) -> tuple[str, list[tuple[str, dict]], str]:
@@ -187,11 +190,10 @@ def assert_streams_like_whole(text: str, pieces: list[str]) -> None:
     calls, content = parse_tool_calls(text, NAMES)
     sent, streamed_calls, rest = stream(text, pieces)
     assert (sent + rest, streamed_calls) == (content, summary(calls))
-    if calls:
-        assert "｜DSML｜" not in sent and "<tool_call>" not in sent
+    assert not any(form.opener in sent for form in FORMATS)  # from the first opening tag on, all is held
 
 
-@pytest.mark.parametrize("text", STREAM_CASES)
+@pytest.mark.parametrize("text", STREAM_CASES.values(), ids=STREAM_CASES.keys())
 def test_stream_split_anywhere_equals_whole(text: str) -> None:
     for i in range(len(text) + 1):
         assert_streams_like_whole(text, [text[:i], text[i:]])
@@ -221,17 +223,31 @@ FRAGMENTS = ["a", "b c", " ", "\n", "\n\n", "<", "｜", "{", "}", '"', ">", "DSM
              '{"name": "search", "arguments": {}}', "```"]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(FRAGMENTS), max_size=24), st.data())
-def test_stream_equals_whole_on_random_dsml(fragments: list[str], data: st.DataObject) -> None:
-    text = "".join(fragments)
+def replies() -> st.SearchStrategy[str]:
+    """Text, well-formed blocks (offered tools or not, V4 or V3.2 names) and loose DSML pieces, cut at a
+    random point as generation ending mid-reply would."""
+    value = st.sampled_from(["Paris", "3", '{"k": [1]}', "a\nb", "", "{bad", " x "])
+    parameter = st.builds(param, st.sampled_from(["q", "n"]), value, st.booleans())
+    invoke_ = st.builds(lambda name, parameters: invoke(name, *parameters),
+                        st.sampled_from(["search", "get_weather", "nope"]), st.lists(parameter, max_size=3))
+    block_ = st.builds(lambda invokes, v4: block(*invokes) if v4 else block(
+        *invokes, open_="<｜DSML｜function_calls>", close="</｜DSML｜function_calls>"),
+        st.lists(invoke_, min_size=1, max_size=3), st.booleans())
+    piece = st.one_of(block_, st.sampled_from(FRAGMENTS), st.text(max_size=3))
+    return st.lists(piece, max_size=8).map("".join).flatmap(
+        lambda text: st.integers(0, len(text)).map(lambda end: text[:end]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(replies(), st.data())
+def test_stream_equals_whole_on_random_replies(text: str, data: st.DataObject) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
     pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     assert_streams_like_whole(text, pieces)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(), st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4)).map("".join)))
+@given(st.one_of(st.text(), replies()))
 def test_parser_never_raises(text: str) -> None:
     calls, content = parse_tool_calls(text, NAMES)
     for call in calls:
