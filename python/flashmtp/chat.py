@@ -17,8 +17,9 @@ tests/python/test_chat.py compares the text with transformers' on both real mode
 The rendered prompt is tokenized as llama.cpp does (common/chat.cpp): control-token text such as
 ``<|im_start|>`` becomes those tokens, BOS is added when the tokenizer asks for it, and a BOS the template
 wrote itself is cut from the text first so it is not doubled. A file without a chat template gets ChatML, as
-in llama.cpp, with a warning. Generation stops at any end-of-generation token (``Tokenizer.eog_ids``: EOS and
-end-of-turn tokens such as ``<|im_end|>``).
+in llama.cpp, with a warning; a deepseek4 file whose template ignores tools renders conversations with tools
+in DeepSeek-V4's format (DEEPSEEK4_TOOLS_TEMPLATE). Generation stops at any end-of-generation token
+(``Tokenizer.eog_ids``: EOS and end-of-turn tokens such as ``<|im_end|>``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 
     from flashmtp.model import Model
 
-__all__ = ["CHATML_TEMPLATE", "Chat", "ChatTemplate", "check_messages", "prompt_tokens"]
+__all__ = ["CHATML_TEMPLATE", "DEEPSEEK4_TOOLS_TEMPLATE", "Chat", "ChatTemplate", "check_messages",
+           "prompt_tokens"]
 
 Message = Mapping[str, Any]  # {"role": "system" | "user" | "assistant" | ..., "content": str, ...}
 
@@ -49,6 +51,92 @@ CHATML_TEMPLATE = (
     "  {{- '<|im_start|>assistant\\n' -}}\n"
     "{%- endif -%}"
 )
+
+#: DeepSeek-V4's conversation format with tools, ours, for deepseek4 files whose template ignores ``tools``
+#: (ChatTemplate.from_model). As DeepSeek-V3.2/V4 render it: the system prompt (the system messages, joined,
+#: after BOS) ends with a "## Tools" section (how to write a DSML call block, then each tool's function
+#: schema as one JSON line); an assistant's calls follow its text after a blank line as a DSML block, string
+#: arguments raw and the others JSON; tool results are <tool_result> blocks of the next user turn; a reply
+#: without thinking opens with "</think>".
+#: flashmtp.server.tools parses the calls back. A string argument holding the parameter's closing tag gets
+#: its "<" written "&lt;" (a tool result holding "</tool_result>" likewise), as antirez/ds4 does.
+DEEPSEEK4_TOOLS_TEMPLATE = """\
+{% set tools_intro %}
+## Tools
+
+You can use the tools below to answer the user. To call tools, write a "<｜DSML｜tool_calls>" block \
+like this:
+
+<｜DSML｜tool_calls>
+<｜DSML｜invoke name="$TOOL_NAME">
+<｜DSML｜parameter name="$PARAMETER_NAME" string="true|false">$PARAMETER_VALUE</｜DSML｜parameter>
+...
+</｜DSML｜invoke>
+<｜DSML｜invoke name="$TOOL_NAME2">
+...
+</｜DSML｜invoke>
+</｜DSML｜tool_calls>
+
+Write a string parameter as plain text, without escaping or quotes, and set string="true". Write any other \
+type (number, boolean, array, object) as JSON and set string="false". Several invokes in one block are \
+calls made together.
+
+### Available Tool Schemas
+
+{% endset %}
+{%- set user_roles = ['user', 'tool'] %}
+{%- set system = messages | selectattr('role', 'equalto', 'system') | map(attribute='content')
+                          | join('\\n\\n') %}
+{{- bos_token + system }}
+{%- if tools %}
+    {{- ('\\n\\n' if system else '') + tools_intro }}
+    {%- for tool in tools %}
+        {{- ('\\n' if not loop.first else '') + (tool.function or tool) | tojson }}
+    {%- endfor %}
+    {{- '\\n\\nCall only these tools, with the parameter names and types their schemas give.' }}
+{%- endif %}
+{%- for m in messages if m.role != 'system' %}
+    {%- set after_user = not loop.first and loop.previtem.role in user_roles %}
+    {%- if m.role in user_roles %}
+        {{- '\\n\\n' if after_user else '<｜User｜>' }}
+        {%- if m.role == 'tool' %}
+            {{- '<tool_result>' + m.content | replace('</tool_result>', '&lt;/tool_result>')
+                + '</tool_result>' }}
+        {%- else %}
+            {{- m.content }}
+        {%- endif %}
+    {%- elif m.role == 'assistant' %}
+        {{- ('<｜Assistant｜></think>' if after_user else '') + (m.content or '') }}
+        {%- if m.tool_calls %}
+            {{- '\\n\\n<｜DSML｜tool_calls>\\n' }}
+            {%- for call in m.tool_calls %}
+                {%- set arguments = call.function.arguments %}
+                {{- '<｜DSML｜invoke name="' + call.function.name + '">\\n' }}
+                {%- if arguments is mapping %}
+                    {%- for key, value in arguments.items() %}
+                        {{- '<｜DSML｜parameter name="' + key + '" string="' }}
+                        {%- if value is string %}
+                            {{- 'true">' + value | replace('</｜DSML｜parameter>',
+                                                           '&lt;/｜DSML｜parameter>') }}
+                        {%- else %}
+                            {{- 'false">' + value | tojson }}
+                        {%- endif %}
+                        {{- '</｜DSML｜parameter>\\n' }}
+                    {%- endfor %}
+                {%- else %}
+                    {{- arguments ~ '\\n' }}{# a JSON text: the parser takes an object in the invoke #}
+                {%- endif %}
+                {{- '</｜DSML｜invoke>\\n' }}
+            {%- endfor %}
+            {{- '</｜DSML｜tool_calls>' }}
+        {%- endif %}
+        {{- eos_token }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt and messages[-1].role != 'assistant' %}
+    {{- '<｜Assistant｜></think>' }}
+{%- endif %}
+"""
 
 
 def _compile(source: str) -> jinja2.Template:
@@ -93,10 +181,14 @@ def _compile(source: str) -> jinja2.Template:
 class ChatTemplate:
     """A jinja chat template with the special-token texts it may refer to."""
 
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = "") -> None:
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "",
+                 tool_fallback: ChatTemplate | None = None) -> None:
+        """tool_fallback: the template for conversations with tools (offered, called or answered), for a
+        source that cannot render them."""
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.tool_fallback = tool_fallback
         self._template = _compile(source)  # jinja2.TemplateSyntaxError here for a broken template
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
@@ -105,13 +197,19 @@ class ChatTemplate:
         """Prompt text of messages; tools (JSON schemas), documents and extra keyword arguments become
         template variables, as in transformers. A template's ``raise_exception`` raises
         ``jinja2.TemplateError`` with its message."""
+        if self.tool_fallback is not None and (tools or any(m.get("tool_calls") or m.get("role") == "tool"
+                                                            for m in messages)):
+            return self.tool_fallback.render(messages, add_generation_prompt, tools, documents, **kwargs)
         return self._template.render(messages=[dict(m) for m in messages], tools=tools, documents=documents,
                                      add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
                                      eos_token=self.eos_token, **kwargs)
 
     @classmethod
     def from_model(cls, model: Model) -> ChatTemplate:
-        """The model file's tokenizer.chat_template, or ChatML (with a warning) when it has none."""
+        """The model file's tokenizer.chat_template, or ChatML (with a warning) when it has none. A deepseek4
+        file whose template ignores ``tools`` (the shipped tiny-v4's; a conversion without DeepSeek's own)
+        renders conversations with tools in DeepSeek-V4's format (DEEPSEEK4_TOOLS_TEMPLATE): the model must
+        be told its tools, and shown its calls and their results, as it was trained to read them."""
         from flashmtp.gguf import GGUFFile
 
         with GGUFFile(model.path) as file:
@@ -123,7 +221,10 @@ class ChatTemplate:
         tokenizer = model.tokenizer
         bos = tokenizer.token_text(tokenizer.bos_id) if tokenizer.bos_id >= 0 else ""
         eos = tokenizer.token_text(tokenizer.eos_id) if tokenizer.eos_id >= 0 else ""
-        return cls(source, bos_token=bos, eos_token=eos)
+        fallback = None
+        if model.architecture == "deepseek4" and "tools" not in source:
+            fallback = cls(DEEPSEEK4_TOOLS_TEMPLATE, bos_token=bos, eos_token=eos)
+        return cls(source, bos_token=bos, eos_token=eos, tool_fallback=fallback)
 
 
 def prompt_tokens(tokenizer: _core.Tokenizer, text: str) -> list[int]:

@@ -52,7 +52,8 @@ class Model:
     @functools.cached_property
     def chat_template(self) -> ChatTemplate:
         """The file's tokenizer.chat_template (jinja), read on first use; ChatML with a warning if it has
-        none, as llama.cpp does."""
+        none, as llama.cpp does; DeepSeek-V4's format for conversations with tools when a deepseek4 file's
+        template ignores them (see ChatTemplate.from_model)."""
         return ChatTemplate.from_model(self)
 
     @property

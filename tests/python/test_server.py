@@ -8,7 +8,9 @@ Oracles:
   Batch-invariant kernels and exact rewind make a slot's cached prefix and a neighbour's load irrelevant.
 - stop sequences: the reply without them, cut before the first occurrence.
 - tool calls: Qwen2.5-Coder-0.5B calls get_weather for "What is the weather in Paris?" (as a fenced bare
-  JSON object); the round trip's prompt is the template rendered from the hand-written conversation.
+  JSON object); the round trip's prompt is the template rendered from the hand-written conversation. The
+  shipped tiny-v4 (DeepSeek-V4, not trained to call tools) gets the DeepSeek-V4 template's tools section, and
+  a scripted DSML reply comes back as the call it writes.
 - errors: OpenAI's envelope and status (400 / 404) for each kind of bad request; the server answers a good
   request afterwards.
 - cancellation: a dropped stream frees its slot long before max_tokens (the /metrics token counter).
@@ -154,9 +156,9 @@ def test_tool_call_stream_sends_text_holds_calls() -> None:
         return sent, [c.name for c in calls], rest
 
     assert run('Let me check. <tool_call>{"name": "f", "arguments": {}}</tool_call>') == \
-        ("Let me check. ", ["f"], "")
+        ("Let me check.", ["f"], "")  # the space before the block goes with it
     assert run('  {"name": "f", "arguments": {"a": 1}}') == ("", ["f"], "")
-    assert run("a < b and <tool") == ("a < b and ", [], "<tool")
+    assert run("a < b and <tool") == ("a < b and", [], " <tool")  # may still begin a block
     assert run("{not a call}") == ("", [], "{not a call}")
 
 
@@ -525,6 +527,88 @@ def test_qwen_concurrent_clients_match_alone(qwen: Server) -> None:
     assert len(set(alone)) == len(topics)
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(ask, topics)) == alone
+
+
+# --- DeepSeek-V4 tool calls (DSML): the shipped tiny-v4 --------------------------------------------------
+
+DSML_REPLY = ('Let me look.\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="get_weather">\n'
+              '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n'
+              '</｜DSML｜invoke>\n</｜DSML｜tool_calls>')
+
+
+@pytest.fixture(scope="module")
+def v4() -> Iterator[Server]:
+    from flashmtp.shipped import shipped_model
+
+    with serve(Model(shipped_model()[0], threads=2), "tiny-v4", n_ctx=1024) as server:
+        yield server
+
+
+def test_v4_tools_reach_the_prompt(v4: Server) -> None:
+    """The shipped model's template ignores tools: the prompt is DeepSeek-V4's with its tools section
+    (oracle: the template's text, tokenized as the server does), not the file's template."""
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    tokenizer = v4.model.tokenizer
+    r = v4.client.chat.completions.create(model="tiny-v4", messages=messages, tools=WEATHER, max_tokens=4,
+                                          temperature=0)
+    rendered = v4.model.chat_template.render(messages, tools=WEATHER)
+    assert "## Tools\n" in rendered and '{"name": "get_weather", "description"' in rendered
+    assert r.usage.prompt_tokens == len(prompt_tokens(tokenizer, rendered))
+    plain = v4.client.chat.completions.create(model="tiny-v4", messages=messages, max_tokens=4, temperature=0)
+    assert plain.usage.prompt_tokens == len(prompt_tokens(tokenizer, v4.model.chat_template.render(messages)))
+    assert plain.usage.prompt_tokens < r.usage.prompt_tokens
+    assert plain.choices[0].message.content == v4.model.chat(messages, max_tokens=4, temperature=0)
+
+
+def test_v4_dsml_call_round_trip(v4: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny model is not trained to call tools, so its generation is scripted: the real Generation
+    decodes the prompt (the slot stays consistent), its steps return DSML_REPLY in 3-character pieces. The
+    call comes back parsed, whole and streamed, with no DSML in the content; the conversation with the
+    call and its result then renders as the DeepSeek-V4 template renders it."""
+    import flashmtp.server.slots as slots
+
+    real = _core.Generation
+
+    class Scripted:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.inner = real(*args, **kwargs)
+            self.pieces = [DSML_REPLY[i:i + 3] for i in range(0, len(DSML_REPLY), 3)]
+
+        def step(self) -> str | None:
+            return self.pieces.pop(0) if self.pieces else None
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(slots._core, "Generation", Scripted)
+    messages: list[dict] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    request = {"model": "tiny-v4", "messages": messages, "tools": WEATHER, "max_tokens": 64}
+    choice = v4.client.chat.completions.create(**request).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me look."
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+
+    chunks = list(v4.client.chat.completions.create(**request, stream=True))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert content == "Let me look."
+    streamed = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in streamed] == \
+        [("get_weather", {"city": "Paris"})]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    monkeypatch.undo()
+
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "Cloudy, 18 degrees Celsius"}]
+    r = v4.client.chat.completions.create(model="tiny-v4", messages=messages, tools=WEATHER, max_tokens=2)
+    rendered = v4.model.chat_template.render([
+        messages[0],
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        messages[2]], tools=WEATHER)
+    assert ("<｜Assistant｜></think>" + DSML_REPLY + "<｜end▁of▁sentence｜><｜User｜><tool_result>Cloudy, 18 "
+            "degrees Celsius</tool_result><｜Assistant｜></think>") in rendered
+    assert r.usage.prompt_tokens == len(prompt_tokens(v4.model.tokenizer, rendered))
 
 
 # --- MTP: tiny random DeepSeek-V4 with its draft head ------------------------------------------------------

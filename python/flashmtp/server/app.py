@@ -5,9 +5,10 @@
     uvicorn.run(app, host="127.0.0.1", port=8080)
 
 Chat prompts are the GGUF's jinja chat template rendered as transformers renders it (flashmtp.chat), with
-the request's tools. Errors are OpenAI's envelope ``{"error": {message, type, param, code}}`` with a 4xx
-status for every problem in the request: malformed JSON, wrong types, an unknown model, a prompt that does
-not fit the context, unsupported options. During a stream, an error is sent as a final ``data:`` event.
+the request's tools (DeepSeek-V4's format when a deepseek4 file's template ignores them). Errors are
+OpenAI's envelope ``{"error": {message, type, param, code}}`` with a 4xx status for every problem in the
+request: malformed JSON, wrong types, an unknown model, a prompt that does not fit the context, unsupported
+options. During a stream, an error is sent as a final ``data:`` event.
 A client that disconnects cancels its generation (before its next token) or its place in the queue.
 """
 
