@@ -21,7 +21,9 @@ calls but has no such loop, so this module is that loop):
   equal the main model's argmax; the rejected rows leave the main KV (``llama_memory_seq_rm``); the accepted
   ones enter the head's KV with the next draft, paired with the verify batch's states.
 
-MTP off is llama.cpp's plain loop: one decode per token. Generation time excludes the prompt's decode.
+MTP off is llama.cpp's plain loop, one decode per token, on the same main context (which keeps the rollback
+snapshots its compressed caches need, as a server with drafting on would). Generation time excludes the
+prompt's decode and includes this loop's Python (a few ctypes calls and an argmax per decode).
 """
 
 from __future__ import annotations
@@ -122,8 +124,8 @@ class LlamaCppMtp:
         import llama_cpp
         from llama_cpp import llama_cpp_ext
 
-        self.lib, self.ext = llama_cpp, llama_cpp_ext
-        lib = llama_cpp
+        self.lib = lib = llama_cpp
+        self.ext = llama_cpp_ext
         lib.llama_backend_init()
         params = lib.llama_model_default_params()
         self.main = self._load(main, params)
