@@ -25,7 +25,8 @@ shipped dimensions converted by `flashmtp convert`: with ratio 128 instead, llam
 (GGML_ASSERT(ggml_nelements(a) == ne0*ne1) in ggml_reshape_2d, from
 llama_model_deepseek4::graph::build_attention_impl; head 64 with RoPE 16); with head 256 (RoPE 64) it aborts
 on GGML_ASSERT(n_embd_head >= n_embd_head_rope) (the indexer's 32-wide heads); with indexer heads of 128
-too (V4-Flash's proportions) both contexts build and the loop runs (tests/python/test_bench_mtp.py).
+too (V4-Flash's proportions) both contexts build and the loop runs, with flashmtp's tokens and acceptance
+per position (tests/python/test_bench_mtp.py).
 """
 
 from __future__ import annotations
