@@ -6,7 +6,8 @@ after each of --prompts prompts, with MTP off, draft 1, 2, 3 and auto, interleav
 a slow spell of a shared machine falls on every setting alike. Reports tokens/s (generation only, the
 prompt's prefill excluded), the speedup over MTP off, the acceptance at each draft position, accepted drafts
 per verify round, and whether the text equals MTP off's (it must: greedy output is identical by
-construction). Optional: a CSV, a PNG plot (matplotlib), and with --v4slice a projection to V4-Flash's
+construction). Generation time: GenerateStats.generate_s less prefill_s (generate_s includes the prompt's
+decode). Optional: a CSV, a PNG plot (matplotlib), and with --v4slice a projection to V4-Flash's
 dimensions: the v4slice's measured decode and verify times (flashmtp.bench.v4slice), scaled to 43 layers,
 combined with the acceptance measured here per position:
     speedup(k) = E(k) * t_main(1) / (t_draft_first + (k - 1) t_draft_step + t_main(k + 1)),
@@ -14,10 +15,18 @@ combined with the acceptance measured here per position:
 with t_main(n) = 43 x one layer's time for n tokens + the output head's, and a draft step = one layer + the
 head for one token (the MTP block is one V4 layer with the shared output matrix).
 
-No llama.cpp column: llama-cpp-python 0.3.36's llama.cpp has a deepseek4 MTP graph behind its C API (an
-MTP context type and embedding batches), but the Python package has no draft-MTP loop (its LlamaDraftModel
-is prompt lookup), and driving llama.cpp's speculative loop through raw C calls is its own piece of work.
-The table says so.
+llama.cpp rows (llama-cpp-python, in a separate process: flashmtp.bench.mtp_llama_cpp, which says how
+llama.cpp drafts): MTP off and draft 1..3 (its draft-mtp has no auto length) on the same prompt token ids,
+greedy; "same text" compares with its own MTP off. When it cannot run the files, the table's header line says
+why (its loader's error line). On the shipped model (models/tiny-v4-q4_k.gguf) llama-cpp-python 0.3.36 cannot:
+llama_model_load_from_file fails with "DeepSeek-V4 loader only supports compression ratios 0, 4, and 128"
+(the model's block 2 is HCA at ratio 32, V4-Flash's is 128). Measured beyond that on random models of the
+shipped dimensions converted by `flashmtp convert`: with ratio 128 instead, llama_init_from_model aborts
+(GGML_ASSERT(ggml_nelements(a) == ne0*ne1) in ggml_reshape_2d, from
+llama_model_deepseek4::graph::build_attention_impl; head 64 with RoPE 16); with head 256 (RoPE 64) it aborts
+on GGML_ASSERT(n_embd_head >= n_embd_head_rope) (the indexer's 32-wide heads); with indexer heads of 128
+too (V4-Flash's proportions) both contexts build and the loop runs, with flashmtp's tokens and acceptance
+per position (tests/python/test_bench_mtp.py).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from pathlib import Path
 import numpy as np
 
 SETTINGS: tuple[int | str, ...] = (0, 1, 2, 3, "auto")
+LLAMA_CPP_SETTINGS = (0, 1, 2, 3)  # its draft-mtp has no auto length
+FLASHMTP, LLAMA_CPP = "flashmtp", "llama.cpp"
 DOMAINS = ("code", "prose")
 
 
@@ -58,14 +69,19 @@ class Cell:
 
     def add(self, stats, same: bool) -> None:
         spec = stats.speculative
-        self.generated += stats.n_generated
-        self.seconds += stats.generate_s
-        self.rates.append(stats.generated_tokens_per_s)
-        self.drafted += spec.drafted
-        self.accepted += spec.accepted
-        self.rounds += spec.rounds
-        self.tried_at = [a + b for a, b in zip(self.tried_at, spec.tried_at, strict=True)]
-        self.accepted_at = [a + b for a, b in zip(self.accepted_at, spec.accepted_at, strict=True)]
+        self.record(stats.n_generated, stats.generate_s - stats.prefill_s, spec.drafted, spec.accepted,
+                    spec.rounds, spec.tried_at, spec.accepted_at, same)
+
+    def record(self, generated: int, seconds: float, drafted: int, accepted: int, rounds: int,
+               tried_at: list[int], accepted_at: list[int], same: bool) -> None:
+        self.generated += generated
+        self.seconds += seconds
+        self.rates.append(generated / seconds)
+        self.drafted += drafted
+        self.accepted += accepted
+        self.rounds += rounds
+        self.tried_at = [a + b for a, b in zip(self.tried_at, tried_at, strict=True)]
+        self.accepted_at = [a + b for a, b in zip(self.accepted_at, accepted_at, strict=True)]
         self.same_text += same
         self.prompts += 1
 
@@ -114,6 +130,34 @@ def run_head(main: str, head: str, threads: int, prompts: dict[str, list[str]], 
                                       draft=setting if setting != 0 else "auto")
                 plain = text if setting == 0 else plain
                 cells.setdefault((domain, setting_name(setting)), Cell()).add(model.last_stats, text == plain)
+    return cells
+
+
+def run_llama_cpp(main: str, head: str, threads: int, prompts: dict[str, list[str]], tokens: int
+                  ) -> dict[tuple[str, str], Cell] | str:
+    """llama.cpp's cells (flashmtp.bench.mtp_llama_cpp) on the prompts as flashmtp tokenizes them, in a
+    separate process; a string: why not."""
+    from flashmtp import _core
+    from flashmtp.bench import run_in_process
+    from flashmtp.bench.decode import llama_cpp_unavailable_reason
+    from flashmtp.bench.mtp_llama_cpp import measure
+
+    if (reason := llama_cpp_unavailable_reason()) is not None:
+        return f"llama_cpp is not importable ({reason}); pip install '.[bench]'"
+
+    tokenizer = _core.Tokenizer.from_gguf(main)
+    ids = {d: [tokenizer.encode(p, True, False) for p in ps] for d, ps in prompts.items()}
+    ok, got = run_in_process(measure, main, head, threads, ids, tokens, LLAMA_CPP_SETTINGS)
+    if not ok:
+        return got
+    cells: dict[tuple[str, str], Cell] = {}
+    for domain, per_prompt in got.items():
+        for runs in per_prompt:
+            plain = runs[0].tokens
+            for setting, r in zip(LLAMA_CPP_SETTINGS, runs, strict=True):
+                cells.setdefault((domain, setting_name(setting)), Cell()).record(
+                    len(r.tokens), r.seconds, r.drafted, r.accepted, r.rounds, r.tried_at, r.accepted_at,
+                    r.tokens == plain)
     return cells
 
 
@@ -176,22 +220,27 @@ def run_bench_mtp(args: argparse.Namespace) -> int:
         return 1
     print(f"main {args.model}; {args.threads} threads; {args.prompts} prompts per domain of "
           f"~{args.prompt_chars} chars; {args.tokens} tokens each, greedy")
-    print("llama.cpp: not measured (llama-cpp-python 0.3.36 has no draft-MTP loop; see flashmtp.bench.mtp)")
-    results: dict[str, dict[tuple[str, str], Cell]] = {}
+    results: dict[tuple[str, str], dict[tuple[str, str], Cell]] = {}  # (engine, head) -> cells
     start, wall0 = cpu_seconds(), time.perf_counter()
     for head in heads:
-        results[head] = run_head(args.model, head, args.threads, prompts, args.tokens, SETTINGS)
+        results[FLASHMTP, head] = run_head(args.model, head, args.threads, prompts, args.tokens, SETTINGS)
+    for head in [] if args.no_llama_cpp else heads:
+        got = run_llama_cpp(args.model, head, args.threads, prompts, args.tokens)
+        if isinstance(got, str):
+            print(f"llama.cpp: not measured with {Path(head).name}: {got}")
+        else:
+            results[LLAMA_CPP, head] = got
     other = _other_cpu_share(start, time.perf_counter() - wall0)
 
-    header = ["head", "domain", "setting", "tok/s (median)", "speedup (median)", "accepted", "acc@1", "acc@2",
-              "acc@3", "acc/round", "same text"]
+    header = ["engine", "head", "domain", "setting", "tok/s (median)", "speedup (median)", "accepted",
+              "acc@1", "acc@2", "acc@3", "acc/round", "same text"]
     rows = []
-    for head, cells in results.items():
+    for (engine, head), cells in results.items():
         for domain in args.domains:
             off = cells[(domain, "off")]
-            for setting in SETTINGS:
+            for setting in SETTINGS if engine == FLASHMTP else LLAMA_CPP_SETTINGS:
                 c = cells[(domain, setting_name(setting))]
-                rows.append([Path(head).name, domain, setting_name(setting), f"{c.tokens_per_s:.1f}",
+                rows.append([engine, Path(head).name, domain, setting_name(setting), f"{c.tokens_per_s:.1f}",
                              f"{c.speedup(off):.2f}x", f"{c.accepted}/{c.drafted}" if c.drafted else "-",
                              *(_fmt(c.acceptance_at(i), ".0%") for i in range(3)),
                              f"{c.accepted / c.rounds:.2f}" if c.rounds else "-",
@@ -199,15 +248,15 @@ def run_bench_mtp(args: argparse.Namespace) -> int:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         cells_ = zip(r, widths, strict=True)
-        print("  ".join(str(v).rjust(w) if i >= 3 else str(v).ljust(w) for i, (v, w) in enumerate(cells_)))
+        print("  ".join(str(v).rjust(w) if i >= 4 else str(v).ljust(w) for i, (v, w) in enumerate(cells_)))
     print(f"other processes took {other:.0%} of the machine's CPU during the run"
           + (" (noisy: compare ratios)" if other > 0.05 else ""))
 
     if args.v4slice:
         print(f"\nprojection to V4-Flash (43 layers, experts {args.v4slice}), from v4slice timings and the "
               "acceptance above (draft 3 runs):")
-        for head, cells in results.items():
-            for domain in args.domains:
+        for (engine, head), cells in results.items():
+            for domain in args.domains if engine == FLASHMTP else []:
                 c = cells[(domain, "draft 3")]
                 acceptance = [c.acceptance_at(i) or 0.0 for i in range(3)]
                 speedups = project_v4slice(args.v4slice, args.threads, acceptance)
@@ -223,7 +272,7 @@ def run_bench_mtp(args: argparse.Namespace) -> int:
     return 0
 
 
-def plot(results: dict[str, dict[tuple[str, str], Cell]], domains: list[str], out: str) -> None:
+def plot(results: dict[tuple[str, str], dict[tuple[str, str], Cell]], domains: list[str], out: str) -> None:
     try:
         import matplotlib
 
@@ -234,16 +283,17 @@ def plot(results: dict[str, dict[tuple[str, str], Cell]], domains: list[str], ou
         return
     fig, (speed, accept) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [setting_name(s) for s in SETTINGS]
-    groups = [(head, domain) for head in results for domain in domains]
+    groups = [(key, domain) for key in results for domain in domains]
     width = 0.8 / len(groups)
-    for g, (head, domain) in enumerate(groups):
-        cells = results[head]
+    for g, ((engine, head), domain) in enumerate(groups):
+        cells = results[engine, head]
         off = cells[(domain, "off")]
-        speed.bar(np.arange(len(names)) + g * width, [cells[(domain, n)].speedup(off) for n in names],
-                  width, label=f"{Path(head).stem} / {domain}")
+        label = f"{engine}: {Path(head).stem} / {domain}"
+        speed.bar(np.arange(len(names)) + g * width,  # llama.cpp has no auto bar
+                  [cells[(domain, n)].speedup(off) if (domain, n) in cells else np.nan for n in names],
+                  width, label=label)
         c = cells[(domain, "draft 3")]
-        accept.plot([1, 2, 3], [c.acceptance_at(i) or 0 for i in range(3)], marker="o",
-                    label=f"{Path(head).stem} / {domain}")
+        accept.plot([1, 2, 3], [c.acceptance_at(i) or 0 for i in range(3)], marker="o", label=label)
     speed.axhline(1.0, color="grey", lw=0.8)
     speed.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
     speed.set_ylabel("tokens/s relative to MTP off")
@@ -271,6 +321,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS))
     parser.add_argument("--v4slice", choices=["q4_k", "mxfp4"], default=None,
                         help="also project the speedup to V4-Flash dimensions on the cached v4slice")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="measure flashmtp only")
     parser.add_argument("--csv", default=None, help="write the table here")
     parser.add_argument("--plot", default=None, help="write a PNG plot here (needs matplotlib)")
 

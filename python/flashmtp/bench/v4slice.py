@@ -27,13 +27,10 @@ from __future__ import annotations
 import argparse
 import csv
 import ctypes
-import multiprocessing
-import os
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
+from flashmtp.bench import run_in_process
 from flashmtp.convert import deepseek4, write_gguf
 from flashmtp.convert.deepseek4 import Deepseek4Params, TensorSpec
 from flashmtp.convert.recipes import TensorClass, find_recipe, tensor_type
@@ -274,37 +272,11 @@ def measure(engine: str, path: str, threads: int, w: Workload, n_vocab: int) -> 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _worker(conn: Connection, engine: str, path: str, threads: int, w: Workload, n_vocab: int) -> None:
-    with tempfile.TemporaryFile("w+") as log:
-        os.dup2(log.fileno(), 2)  # llama.cpp's log: its loader says there why it refuses a file
-        try:
-            conn.send(("ok", measure(engine, path, threads, w, n_vocab)))
-        except BaseException as e:  # noqa: BLE001 (reported to the parent, which goes on without this engine)
-            log.seek(0)
-            errors = [line.strip() for line in log if "error" in line.lower()]
-            conn.send(("error", errors[-1] if errors else f"{type(e).__name__}: {e}"))
-
-
 def measure_in_process(engine: str, path: str, threads: int, w: Workload, n_vocab: int,
                        timeout_s: float = 1800) -> dict[str, float] | str:
     """``measure`` in a fresh interpreter (llama.cpp may abort on a file it refuses); a string: why not."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_worker, args=(child, engine, path, threads, w, n_vocab), daemon=True)
-    process.start()
-    child.close()
-    try:
-        if not parent.poll(timeout_s):
-            return f"no answer in {timeout_s:.0f} s"
-        status, value = parent.recv()
-    except EOFError:
-        process.join(5)
-        return f"the process died (exit code {process.exitcode}) loading or decoding the file"
-    finally:
-        if process.is_alive():
-            process.terminate()
-        process.join(5)
-    return value if status == "ok" else str(value)
+    ok, value = run_in_process(measure, engine, path, threads, w, n_vocab, timeout_s=timeout_s)
+    return value if ok else str(value)
 
 
 # -- the table -------------------------------------------------------------------------------------------
