@@ -88,8 +88,10 @@ bool Generation::step(std::string &piece) {
     if (yielded_ == tokens_.size()) {
         if (done_) return false;
         const auto t0 = std::chrono::steady_clock::now();
+        const bool prefill = !prefilled_;
         produce();
-        stats_.generate_s += seconds_since(t0);
+        // The first call decodes the prompt too: that part is prefill_s, not generation.
+        stats_.generate_s += seconds_since(t0) - (prefill ? stats_.prefill_s : 0.0);
     }
     const int32_t id = tokens_[yielded_++];
     if (!tokenizer_.is_eog(id)) piece += text_.push(id);

@@ -6,8 +6,7 @@ after each of --prompts prompts, with MTP off, draft 1, 2, 3 and auto, interleav
 a slow spell of a shared machine falls on every setting alike. Reports tokens/s (generation only, the
 prompt's prefill excluded), the speedup over MTP off, the acceptance at each draft position, accepted drafts
 per verify round, and whether the text equals MTP off's (it must: greedy output is identical by
-construction). Generation time: GenerateStats.generate_s less prefill_s (generate_s includes the prompt's
-decode). Optional: a CSV, a PNG plot (matplotlib), and with --v4slice a projection to V4-Flash's
+construction). Optional: a CSV, a PNG plot (matplotlib), and with --v4slice a projection to V4-Flash's
 dimensions: the v4slice's measured decode and verify times (flashmtp.bench.v4slice), scaled to 43 layers,
 combined with the acceptance measured here per position:
     speedup(k) = E(k) * t_main(1) / (t_draft_first + (k - 1) t_draft_step + t_main(k + 1)),
@@ -69,7 +68,7 @@ class Cell:
 
     def add(self, stats, same: bool) -> None:
         spec = stats.speculative
-        self.record(stats.n_generated, stats.generate_s - stats.prefill_s, spec.drafted, spec.accepted,
+        self.record(stats.n_generated, stats.generate_s, spec.drafted, spec.accepted,
                     spec.rounds, spec.tried_at, spec.accepted_at, same)
 
     def record(self, generated: int, seconds: float, drafted: int, accepted: int, rounds: int,
