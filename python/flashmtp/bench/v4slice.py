@@ -326,20 +326,25 @@ def run_bench_v4slice(args: argparse.Namespace) -> int:
           + ("cached" if existed else f"built in {time.perf_counter() - start:.0f} s") + ")")
     p = Deepseek4Params.from_config(DIMS[args.dims])
     tb = token_bytes(p, args.experts)
-    bandwidth = _core.read_bandwidth(int(args.bandwidth_mb * (1 << 20)), _core.ThreadPool(args.threads))
+    # The roofline's bandwidth: the median of probes before, between and after the engines' runs. A shared
+    # machine's bandwidth drifts (single probes of one run read 28 to 54 GB/s while decode times held steady).
+    pool = _core.ThreadPool(args.threads)
+    probes = [_core.read_bandwidth(int(args.bandwidth_mb * (1 << 20)), pool)]
     w = Workload(args.prompt, args.max_batch, args.repeats, args.warmup)
     results: dict[str, dict[str, float]] = {}
     for engine in ([FLASHMTP] if args.no_llama_cpp else [FLASHMTP, LLAMA_CPP]):
         got = measure_in_process(engine, str(path), args.threads, w, p.vocab_size)
+        probes.append(_core.read_bandwidth(int(args.bandwidth_mb * (1 << 20)), pool))
         if isinstance(got, str):
             if engine == FLASHMTP:
                 raise RuntimeError(f"flashmtp could not run the slice: {got}")
             print(f"{engine}: not measured: {got.splitlines()[0] if got else 'no reason given'}")
         else:
             results[engine] = got
+    bandwidth = statistics.median(probes)
     rows = _rows(p, tb, bandwidth, results, args.max_batch)
     print(f"v4slice {args.dims}, experts {args.experts}, {args.threads} threads, prompt {args.prompt}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; read bandwidth probes {', '.join(f'{b:.1f}' for b in probes)} GB/s")
     width = max(len(r[0]) for r in rows)
     for figure, engine, value in rows:
         print(f"{figure:<{width}}  {engine:<9}  {value:>9}")
