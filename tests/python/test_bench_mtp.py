@@ -14,13 +14,18 @@ Oracles:
   gives flashmtp's greedy tokens on the same file (the same model: the favoured logits stand well apart, so
   the argmax does not depend on either engine's rounding); and its acceptance at each draft position is
   flashmtp's, draft for draft (their head logits are not identical: llama.cpp also gives position 0 a head
-  row, with a zero state, flashmtp none; the drafts here are).
+  row, with a zero state, flashmtp none; the drafts here are);
+- that known difference, pinned on the same model: without llama.cpp's position-0 row its head logits are
+  flashmtp's at every position (F32 KV cache, no flash attention); with it they differ, and they are the
+  PyTorch reference's (flashmtp.testing.ds4_mtp_ref, DeepSeek's MTPBlock) given that same zero-state row, so
+  the row is the whole difference.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,13 +80,12 @@ def test_bench_prints_the_reason_and_flashmtp_rows(llama_cpp: None, capsys: pyte
 
 
 @pytest.fixture(scope="module")
-def v4_proportioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Main GGUF and flashmtp sidecar (F32) of the random model described in the module docstring."""
+def v4_model() -> Any:
+    """The random model described in the module docstring (a TinyDeepseek4)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("safetensors")
     import torch
-    from flashmtp.convert import convert, mtp_path
     from flashmtp.testing.tiny_deepseek4 import make_tiny_deepseek4
 
     tiny = make_tiny_deepseek4(
@@ -92,9 +96,17 @@ def v4_proportioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
                          "beta_fast": 32, "beta_slow": 1})
     with torch.no_grad():
         tiny.state["lm_head.weight"][10:12] *= 12
+    return tiny
+
+
+@pytest.fixture(scope="module")
+def v4_proportioned(v4_model: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Main GGUF and flashmtp sidecar (F32) of v4_model."""
+    from flashmtp.convert import convert, mtp_path
+
     root = tmp_path_factory.mktemp("v4prop")
     path = root / "v4prop.gguf"
-    convert(tiny.write(root / "ckpt", "release"), path, "f32", progress=False)
+    convert(v4_model.write(root / "ckpt", "release"), path, "f32", progress=False)
     return path, mtp_path(path)
 
 
@@ -122,3 +134,43 @@ def test_llama_cpp_draft_mtp_matches_flashmtp(llama_cpp: None,
         ours = model.last_stats.speculative
         assert r.tried_at == list(ours.tried_at), f"draft {setting}"
         assert r.accepted_at == list(ours.accepted_at), f"draft {setting}"
+
+
+def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+def test_head_logits_differ_from_llama_cpps_by_its_position_0_row(
+        llama_cpp: None, v4_model: Any, v4_proportioned: tuple[Path, Path]) -> None:
+    import torch
+    from flashmtp import _core
+    from flashmtp.bench import run_in_process
+    from flashmtp.bench.mtp_llama_cpp import first_draft_logits
+    from flashmtp.testing.ds4_mtp_ref import Deepseek4MtpReference, main_final_streams
+    from transformers import DeepseekV4ForCausalLM
+
+    path, head = v4_proportioned
+    prompt = np.random.default_rng(4).integers(2, 300, 24).tolist()
+    ok, theirs = run_in_process(first_draft_logits, str(path), str(head), prompt, True)
+    assert ok, theirs
+    session = _core.Engine(str(path), 1, str(head)).session()
+    ours = []  # [T, V]: position i drafts from the main state at i and token i + 1 (last: the seed)
+    for i, token in enumerate(prompt):
+        last = session.decode(np.array([token], np.int32), 1)[-1]
+        ours.append(session.draft(prompt[i + 1] if i + 1 < len(prompt) else int(last.argmax())))
+    assert int(last.argmax()) == theirs["seed"]
+    ours = np.stack(ours)
+    assert relative_error(theirs["without_row_0"], ours) < 1e-4
+    assert relative_error(theirs["with_row_0"][-1], ours[-1]) > 1e-2
+
+    torch.set_num_threads(1)
+    model = DeepseekV4ForCausalLM(v4_model.config)
+    model.load_state_dict(v4_model.state)
+    model.eval()
+    mtp = Deepseek4MtpReference(v4_model.config, v4_model.mtp, model.model.embed_tokens.weight.detach(),
+                                model.lm_head.weight.detach())
+    ids = torch.tensor([*prompt, theirs["seed"]])
+    with torch.no_grad():
+        streams = main_final_streams(model, ids[:-1].unsqueeze(0))  # [T, n_hc, D]
+        with_row_0 = mtp(torch.cat([torch.zeros_like(streams[:1]), streams]), ids)[0][1:].numpy()
+    assert relative_error(theirs["with_row_0"], with_row_0) < 1e-4

@@ -21,6 +21,13 @@ calls but has no such loop, so this module is that loop):
   equal the main model's argmax; the rejected rows leave the main KV (``llama_memory_seq_rm``); the accepted
   ones enter the head's KV with the next draft, paired with the verify batch's states.
 
+The head's logits therefore differ from flashmtp's by exactly that zero-state row at position 0 (llama.cpp's
+``pending_h`` starts as zeros): flashmtp, like DeepSeek's reference ``MTPBlock`` (and its training), has no
+such row, so its row i is llama.cpp's row i + 1 (a uniform RoPE shift) without the extra key every later row
+attends to. ``first_draft_logits`` measures it: without that row the logits agree to ~1e-6 (F32 KV cache, no
+flash attention; ~1e-3 with llama.cpp's defaults, whose CPU flash attention rounds K and V to F16, as its
+main model's logits do), with it by a few percent after a 24-token prompt, more after shorter ones.
+
 MTP off is llama.cpp's plain loop, one decode per token, on the same main context (which keeps the rollback
 snapshots its compressed caches need, as a server with drafting on would). Generation time excludes the
 prompt's decode and includes this loop's Python (a few ctypes calls and an argmax per decode).
@@ -120,12 +127,16 @@ class _Batch:
 class LlamaCppMtp:
     """A main model and its MTP head in llama.cpp, one sequence of up to n_ctx positions."""
 
-    def __init__(self, main: str, head: str, threads: int, n_ctx: int, max_draft: int, tmp_dir: Path) -> None:
+    def __init__(self, main: str, head: str, threads: int, n_ctx: int, max_draft: int, tmp_dir: Path,
+                 exact: bool = False) -> None:
+        """``exact``: F32 KV caches and no flash attention, for comparing logits (llama.cpp's CPU flash
+        attention rounds K and V to F16), not for timing."""
         import llama_cpp
         from llama_cpp import llama_cpp_ext
 
         self.lib = lib = llama_cpp
         self.ext = llama_cpp_ext
+        self.exact = exact
         lib.llama_backend_init()
         params = lib.llama_model_default_params()
         self.main = self._load(main, params)
@@ -156,6 +167,9 @@ class LlamaCppMtp:
         params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
         params.n_threads = params.n_threads_batch = threads
         params.ctx_type = kind
+        if self.exact:
+            params.type_k = params.type_v = self.lib.GGML_TYPE_F32
+            params.flash_attn_type = self.lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx = self.lib.llama_init_from_model(model, params)
         if not ctx:
             raise RuntimeError("llama.cpp could not create its " +
@@ -245,6 +259,30 @@ class LlamaCppMtp:
             rows, rows_state, seed_state = drafts[:accepted], states[:accepted], states[accepted]
             token, n_past = self._argmax(self.ctx, accepted), n_past + accepted + 1
         out.seconds = time.perf_counter() - start
+        return out
+
+
+def first_draft_logits(main: str, head: str, prompt: list[int], exact: bool) -> dict[str, Any]:
+    """The head's logits over a prompt in one MTP decode, as llama.cpp lays its rows out and without its
+    position-0 row: {"seed": the main model's argmax after the prompt, "with_row_0" and "without_row_0":
+    [len(prompt), n_vocab], row i the head's guess with the main state at i and token i + 1 (the seed at the
+    last row), which flashmtp's ``Session.draft(prompt[i + 1])`` gives after decoding prompt[:i + 1]}.
+    ``exact``: see LlamaCppMtp."""
+    n = len(prompt)
+    with tempfile.TemporaryDirectory() as tmp:
+        r = LlamaCppMtp(main, head, 1, n + 8, 1, Path(tmp), exact)
+        r.ext.llama_set_embeddings_nextn(r.ctx, True, False)
+        r._decode(r.ctx, r.batch.fill(prompt, 0, False))
+        seed, states = r._argmax(r.ctx, n - 1), r._states(n)  # states [n, width]
+        out: dict[str, Any] = {"seed": seed}
+        zero = np.zeros((1, r.width), np.float32)
+        for name, tokens, pos0, state in (("with_row_0", [*prompt, seed], 0, np.vstack([zero, states])),
+                                          ("without_row_0", [*prompt[1:], seed], 1, states)):
+            r.lib.llama_memory_clear(r.memory_head, True)
+            r._decode(r.ctx_head, r.head_batch.fill(tokens, pos0, True, state))
+            rows = range(len(tokens) - n, len(tokens))  # the zero-state row's own logits are not compared
+            logits = [r.lib.llama_get_logits_ith(r.ctx_head, i) for i in rows]
+            out[name] = np.stack([np.ctypeslib.as_array(row, (r.n_vocab,)) for row in logits])
         return out
 
 
