@@ -58,6 +58,17 @@ def test_greedy_matches_oracle(tiny: Model) -> None:
     assert stats.prefill_s > 0 and stats.generate_s > 0 and stats.generated_tokens_per_s > 0
 
 
+
+def test_generation_time_leaves_the_prompt_out(tiny: Model) -> None:
+    """generate_s counts the generation steps only, the prompt's decode is prefill_s: with one new token, the
+    generation step samples from the prefill's logits and decodes nothing, so it is a small part of a long
+    prompt's decode (it once held the whole prefill: tokens/s were understated)."""
+    prompt = " ".join(["once upon a time"] * 14)  # ~210 tokens of the 256 the model was trained on
+    tiny.generate(prompt, max_tokens=1, temperature=0)
+    stats = tiny.last_stats
+    assert stats.n_prompt > 150 and stats.n_generated == 1
+    assert 0 < stats.generate_s < 0.5 * stats.prefill_s
+
 def test_seeded_sampling(tiny: Model) -> None:
     a = tiny.generate(PROMPT, max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1)
     b = tiny.generate(PROMPT, max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1)
