@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import flashmtp
 from flashmtp.shipped import shipped_model
@@ -24,6 +25,20 @@ def test_greedy_text_is_the_same_with_and_without_mtp() -> None:
     spec = model.last_stats.speculative
     assert spec.accepted > spec.drafted // 4  # a trained head: measured about 60-80% on this prompt
 
+
+
+def test_a_prompt_longer_than_a_pass() -> None:
+    """A prompt of ~1300 tokens is decoded in passes of 512 (runtime/engine.cpp); the head catches up from the
+    last pass's streams. Greedy and seeded text the same with and without MTP, drafts accepted."""
+    main, head = shipped_model()
+    model = flashmtp.Model(main, threads=2, mtp=head)
+    prompt = (Path(flashmtp.__file__).parent / "model.py").read_text()[:4000]
+    assert len(model.tokenize(prompt)) > 1024
+    plain = model.generate(prompt, max_tokens=48, temperature=0, mtp=False)
+    assert model.generate(prompt, max_tokens=48, temperature=0, draft=2) == plain
+    assert model.last_stats.speculative.accepted > 0
+    seeded = model.generate(prompt, max_tokens=48, temperature=0.8, seed=3, mtp=False)
+    assert model.generate(prompt, max_tokens=48, temperature=0.8, seed=3, draft=2) == seeded
 
 def test_run_without_a_model_uses_the_shipped_one(cli_binary: str) -> None:
     main, head = shipped_model()
