@@ -88,12 +88,12 @@ void ThreadPool::stop_workers() {
     for (std::thread &w : workers_) w.join();
 }
 
-void ThreadPool::run(int64_t n_tasks, TaskFn fn, void *ctx) {
+void ThreadPool::run(int64_t n_tasks, TaskFn fn, void *ctx, bool share) {
     if (tls_running_pool == this) {
         throw std::logic_error("ThreadPool::parallel_for called from inside a task of the same pool");
     }
     if (n_tasks <= 0) return;
-    if (n_threads_ == 1 || n_tasks == 1) {  // nothing to share: skip the hand-off
+    if (n_threads_ == 1 || n_tasks == 1 || !share) {  // nothing (worth) sharing: skip the hand-off
         RunningPoolScope scope(this);
         for (int64_t i = 0; i < n_tasks; ++i) fn(ctx, i, 0);
         return;

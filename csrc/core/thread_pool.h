@@ -38,15 +38,22 @@ public:
     // Calls from several threads are serialised; a call from inside a task of this pool is a logic error.
     template <typename Fn>
     void parallel_for(int64_t n_tasks, Fn &&fn) {
+        parallel_for(n_tasks, true, std::forward<Fn>(fn));
+    }
+
+    // The same, but every task on the calling thread (as thread 0) unless `share`: a job of a few microseconds
+    // runs faster there than handed to the workers (waking them and waiting for the last costs about as much).
+    template <typename Fn>
+    void parallel_for(int64_t n_tasks, bool share, Fn &&fn) {
         using F = std::remove_reference_t<Fn>;
         run(n_tasks, [](void *ctx, int64_t task, int thread) { (*static_cast<F *>(ctx))(task, thread); },
-            const_cast<void *>(static_cast<const void *>(&fn)));
+            const_cast<void *>(static_cast<const void *>(&fn)), share);
     }
 
 private:
     using TaskFn = void (*)(void *ctx, int64_t task_index, int thread_index);
 
-    void run(int64_t n_tasks, TaskFn fn, void *ctx);
+    void run(int64_t n_tasks, TaskFn fn, void *ctx, bool share);
     void run_tasks(int thread_index);  // claims and runs tasks of the current job until none is left
     void worker_loop(int thread_index);
     void stop_workers();

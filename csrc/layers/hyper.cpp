@@ -14,6 +14,11 @@ namespace flashmtp {
 namespace {
 
 constexpr int64_t kPostChunk = 256;  // hc_post's elements per step: n chunks of inputs stay in L1
+// Below this many stream elements (n_tokens x n x D) a per-token loop runs on the calling thread: a few tokens
+// of a small model (tiny-v4: 1024 per token) take about as long as a hand-off to the pool.
+constexpr int64_t kShareElements = 16384;
+
+bool worth_sharing(const HcParams &p, int64_t n_tokens) { return n_tokens * p.n_streams * p.n_embd >= kShareElements; }
 
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 
@@ -105,7 +110,7 @@ void project(const HcParams &p, const WeightMatrix &fn, const float *streams, in
     if (scratch.normed.size() < size_t(n_tokens * width)) scratch.normed.resize(size_t(n_tokens * width));
     if (scratch.mix.size() < size_t(n_tokens * fn.n_rows)) scratch.mix.resize(size_t(n_tokens * fn.n_rows));
     float *normed = scratch.normed.data();
-    pool.parallel_for(n_tokens, [&](int64_t t, int) {
+    pool.parallel_for(n_tokens, worth_sharing(p, n_tokens), [&](int64_t t, int) {
         rms_unweighted(streams + t * width, width, p.norm_eps, normed + t * width);
     });
     matmul(fn, normed, n_tokens, scratch.mix.data(), pool, scratch.matmul, table);
@@ -151,7 +156,7 @@ void hc_pre(const HcParams &params, const HcMixer &mixer, const float *streams, 
     const int n = params.n_streams;
     const int64_t d = params.n_embd, n_weights = hc_weights_size(n);
     const float *mix_all = scratch.mix.data();
-    pool.parallel_for(n_tokens, [&](int64_t t, int) {
+    pool.parallel_for(n_tokens, worth_sharing(params, n_tokens), [&](int64_t t, int) {
         const float *mix = mix_all + t * n_weights;  // [n_weights]: pre | post | comb, before activation
         float *w = weights + t * n_weights;
         float *pre = w, *post = w + n, *comb = w + 2 * n;
@@ -185,7 +190,7 @@ void hc_post(const HcParams &params, const float *weights, const float *block_ou
     if (n_tokens > 0 && !out) throw std::invalid_argument("hc_post: null buffer");
     const int n = params.n_streams;
     const int64_t d = params.n_embd, n_weights = hc_weights_size(n);
-    pool.parallel_for(n_tokens, [&](int64_t t, int) {
+    pool.parallel_for(n_tokens, worth_sharing(params, n_tokens), [&](int64_t t, int) {
         const float *post = weights + t * n_weights + n, *comb = post + n;  // post [n], comb [n, n]
         const float *y = block_out + t * d;                                 // [D]
         const float *in = streams + t * n * d;                              // [n, D]
@@ -220,7 +225,7 @@ void hc_head(const HcParams &params, const HcHead &head, const float *streams, i
     const int n = params.n_streams;
     const int64_t d = params.n_embd;
     const float *mix_all = scratch.mix.data();
-    pool.parallel_for(n_tokens, [&](int64_t t, int) {
+    pool.parallel_for(n_tokens, worth_sharing(params, n_tokens), [&](int64_t t, int) {
         float pre[kHcMaxStreams];
         for (int j = 0; j < n; ++j) pre[j] = sigmoid(mix_all[t * n + j] * head.scale[0] + head.base[j]) + params.hc_eps;
         collapse(pre, streams + t * n * d, n, d, h + t * d);

@@ -112,18 +112,24 @@ void test_exceptions() {
                  "inline");
 }
 
+// A one-thread pool, or a job its caller says is not worth sharing, runs every task inline, in order.
 void test_single_thread_runs_inline() {
-    ThreadPool pool(1);
-    const std::thread::id caller = std::this_thread::get_id();
-    bool all_inline = true;
-    int64_t next = 0;
-    bool in_order = true;
-    pool.parallel_for(50, [&](int64_t task, int thread) {
-        all_inline = all_inline && thread == 0 && std::this_thread::get_id() == caller;
-        in_order = in_order && task == next++;
-    });
-    CHECK(all_inline);
-    CHECK(in_order);
+    for (const bool share : {true, false}) {
+        ThreadPool pool(share ? 1 : 3);
+        const std::thread::id caller = std::this_thread::get_id();
+        bool all_inline = true;
+        int64_t next = 0;
+        bool in_order = true;
+        pool.parallel_for(50, share, [&](int64_t task, int thread) {
+            all_inline = all_inline && thread == 0 && std::this_thread::get_id() == caller;
+            in_order = in_order && task == next++;
+        });
+        CHECK(all_inline);
+        CHECK(in_order);
+        CHECK_THROWS(std::logic_error,
+                     pool.parallel_for(2, share, [&](int64_t, int) { pool.parallel_for(2, [](int64_t, int) {}); }),
+                     "inside a task of the same pool");
+    }
 }
 
 void test_misuse() {
