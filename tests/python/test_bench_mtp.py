@@ -146,8 +146,7 @@ def test_head_logits_differ_from_llama_cpps_by_its_position_0_row(
     from flashmtp import _core
     from flashmtp.bench import run_in_process
     from flashmtp.bench.mtp_llama_cpp import first_draft_logits
-    from flashmtp.testing.ds4_mtp_ref import Deepseek4MtpReference, main_final_streams
-    from transformers import DeepseekV4ForCausalLM
+    from flashmtp.testing.ds4_mtp_ref import main_final_streams
 
     path, head = v4_proportioned
     prompt = np.random.default_rng(4).integers(2, 300, 24).tolist()
@@ -164,11 +163,7 @@ def test_head_logits_differ_from_llama_cpps_by_its_position_0_row(
     assert relative_error(theirs["with_row_0"][-1], ours[-1]) > 1e-2
 
     torch.set_num_threads(1)
-    model = DeepseekV4ForCausalLM(v4_model.config)
-    model.load_state_dict(v4_model.state)
-    model.eval()
-    mtp = Deepseek4MtpReference(v4_model.config, v4_model.mtp, model.model.embed_tokens.weight.detach(),
-                                model.lm_head.weight.detach())
+    model, mtp = v4_model.reference()
     ids = torch.tensor([*prompt, theirs["seed"]])
     with torch.no_grad():
         streams = main_final_streams(model, ids[:-1].unsqueeze(0))  # [T, n_hc, D]

@@ -82,17 +82,9 @@ def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def reference(tiny: TinyDeepseek4):
     import torch
-    from flashmtp.testing.ds4_mtp_ref import Deepseek4MtpReference
-    from transformers import DeepseekV4ForCausalLM
 
     torch.set_num_threads(1)
-    model = DeepseekV4ForCausalLM(tiny.config)
-    model.load_state_dict(tiny.state)
-    model.eval()
-    mtp = Deepseek4MtpReference(tiny.config, tiny.mtp, model.model.embed_tokens.weight.detach(),
-                                model.lm_head.weight.detach())
-    mtp.eval()
-    return model, mtp
+    return tiny.reference()
 
 
 def test_head_matches_the_reference_at_every_position(files: dict[str, Path], tokens: np.ndarray,

@@ -92,6 +92,21 @@ class TinyDeepseek4:
                 (directory / name).write_bytes((tokenizer_dir / name).read_bytes())
         return directory
 
+    def reference(self) -> tuple[Any, Any]:
+        """The oracles in eval mode: transformers' DeepseekV4ForCausalLM holding ``state``, and the MTP head's
+        PyTorch reference (flashmtp.testing.ds4_mtp_ref) holding ``mtp``, sharing the model's embedding and
+        output matrix."""
+        from transformers import DeepseekV4ForCausalLM
+
+        from flashmtp.testing.ds4_mtp_ref import Deepseek4MtpReference
+
+        model = DeepseekV4ForCausalLM(self.config)
+        model.load_state_dict(self.state)
+        model.eval()
+        mtp = Deepseek4MtpReference(self.config, self.mtp, model.model.embed_tokens.weight.detach(),
+                                    model.lm_head.weight.detach())
+        return model, mtp.eval()
+
     def _saved_by_transformers(self, directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """The tensors and config.json that ``save_pretrained`` writes (computed once: it builds a model)."""
         if self._saved is not None:
