@@ -34,9 +34,11 @@ RTOL = 1e-6
 
 
 def config(hidden: int):
+    """The tiny config with the norm's eps apart from hc_eps (1e-6), so that swapping them shows: 1e-4 moves
+    the RMS of streams whose mean square is ~5 by ~1e-5 relative, 10x the tolerance."""
     from flashmtp.testing.tiny_deepseek4 import tiny_config
 
-    return tiny_config(hidden_size=hidden, hc_mult=N_STREAMS, hc_sinkhorn_iters=ITERS)
+    return tiny_config(hidden_size=hidden, hc_mult=N_STREAMS, hc_sinkhorn_iters=ITERS, rms_norm_eps=1e-4)
 
 
 @pytest.fixture(autouse=True)
@@ -77,29 +79,35 @@ def fn_raw(fn: torch.Tensor, fn_type: int) -> tuple[np.ndarray, torch.Tensor]:
     return raw, torch.from_numpy(held)
 
 
-def ours_mixer(module, fn_type: int = F32, n_threads: int = 1) -> _core.HcMixer:
+# The modules' parameters (fn, base, scale; hc_fn, hc_base, hc_scale) are their checkpoint tensors; every
+# other value comes from the config that built them, never from the modules' attributes.
+
+
+def ours_mixer(module, cfg, fn_type: int = F32, n_threads: int = 1) -> _core.HcMixer:
     raw, held = fn_raw(module.fn, fn_type)
     with torch.no_grad():
         module.fn.copy_(held)
     return _core.HcMixer(fn_type, raw, module.base.detach().numpy(), module.scale.detach().numpy(), N_STREAMS,
-                         module.fn.shape[1] // N_STREAMS, ITERS, module.hc_eps, module.input_norm.eps,
+                         cfg.hidden_size, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.rms_norm_eps,
                          n_threads=n_threads)
 
 
-def ours_head(module, fn_type: int = F32, n_threads: int = 1) -> _core.HcHead:
+def ours_head(module, cfg, fn_type: int = F32, n_threads: int = 1) -> _core.HcHead:
     raw, held = fn_raw(module.hc_fn, fn_type)
     with torch.no_grad():
         module.hc_fn.copy_(held)
     return _core.HcHead(fn_type, raw, module.hc_base.detach().numpy(), module.hc_scale.detach().numpy(),
-                        N_STREAMS, module.hc_fn.shape[1] // N_STREAMS, module.eps, module.input_norm.eps,
-                        n_threads=n_threads)
+                        N_STREAMS, cfg.hidden_size, cfg.hc_eps, cfg.rms_norm_eps, n_threads=n_threads)
 
 
-def oracle_pre(module, streams: torch.Tensor) -> torch.Tensor:
-    """pre [.., n] as DeepseekV4HyperConnection.forward computes it before consuming it (its first lines)."""
-    flat = module.input_norm(streams.flatten(-2).float())
+def oracle_pre(module, cfg, streams: torch.Tensor) -> torch.Tensor:
+    """pre [.., n] as DeepseekV4HyperConnection.forward computes it before consuming it (its first lines:
+    unweighted RMS norm of the flattened streams, the first n rows of fn, sigmoid, + hc_eps), written out
+    here because forward returns only post, comb and the collapsed input."""
+    flat = streams.flatten(-2).float()
+    flat = flat * torch.rsqrt(flat.square().mean(-1, keepdim=True) + cfg.rms_norm_eps)
     mix = torch.nn.functional.linear(flat, module.fn.float())[..., :N_STREAMS]
-    return torch.sigmoid(mix * module.scale[0] + module.base[:N_STREAMS]) + module.hc_eps
+    return torch.sigmoid(mix * module.scale[0] + module.base[:N_STREAMS]) + cfg.hc_eps
 
 
 def assert_close(ours: np.ndarray, oracle: torch.Tensor, what: str) -> float:
@@ -114,13 +122,14 @@ def assert_close(ours: np.ndarray, oracle: torch.Tensor, what: str) -> float:
 @pytest.mark.parametrize("fn_type", [F32, F16, BF16])
 def test_mixer_matches_transformers(hidden: int, fn_type: int) -> None:
     gen = torch.Generator().manual_seed(hidden + fn_type)
-    module = mdv4.DeepseekV4HyperConnection(config(hidden))
+    cfg = config(hidden)
+    module = mdv4.DeepseekV4HyperConnection(cfg)
     randomise_mixer(module, gen)
-    ours = ours_mixer(module, fn_type)
+    ours = ours_mixer(module, cfg, fn_type)
     streams = random_streams(5, hidden, gen)
     with torch.no_grad():
         post, comb, collapsed = module(streams.unsqueeze(0))
-        pre = oracle_pre(module, streams)
+        pre = oracle_pre(module, cfg, streams)
     weights, x = ours.pre(streams.numpy())
     n = N_STREAMS
     assert_close(weights[:, :n], pre, "pre")
@@ -137,9 +146,10 @@ def test_mixer_matches_transformers(hidden: int, fn_type: int) -> None:
 def test_head_matches_transformers(fn_type: int) -> None:
     hidden = 128
     gen = torch.Generator().manual_seed(7 + fn_type)
-    module = mdv4.DeepseekV4HyperHead(config(hidden))
+    cfg = config(hidden)
+    module = mdv4.DeepseekV4HyperHead(cfg)
     randomise_head(module, gen)
-    ours = ours_head(module, fn_type)
+    ours = ours_head(module, cfg, fn_type)
     streams = random_streams(6, hidden, gen)
     with torch.no_grad():
         expected = module(streams.unsqueeze(0))[0]
@@ -185,7 +195,7 @@ def test_decoder_layer_mixing_step() -> None:
     with torch.no_grad():
         layer.input_layernorm.weight.copy_(torch.rand(hidden, generator=gen) + 0.5)
         layer.post_attention_layernorm.weight.copy_(torch.rand(hidden, generator=gen) + 0.5)
-    attn_hc, ffn_hc = ours_mixer(layer.attn_hc), ours_mixer(layer.ffn_hc)
+    attn_hc, ffn_hc = ours_mixer(layer.attn_hc, cfg), ours_mixer(layer.ffn_hc, cfg)
     streams = random_streams(4, hidden, gen)
     with torch.no_grad():
         expected = layer(streams.unsqueeze(0), input_ids=torch.zeros(1, 4, dtype=torch.long))[0]
@@ -201,9 +211,10 @@ def test_decoder_layer_mixing_step() -> None:
 def test_post_orientation_is_comb_transposed() -> None:
     """A hand-made non-symmetric comb: X'_k = post_k y + sum_j comb[j, k] X_j (not comb[k, j])."""
     hidden, n = 32, N_STREAMS
-    module = mdv4.DeepseekV4HyperConnection(config(hidden))
+    cfg = config(hidden)
+    module = mdv4.DeepseekV4HyperConnection(cfg)
     randomise_mixer(module, torch.Generator().manual_seed(1))
-    ours = ours_mixer(module)
+    ours = ours_mixer(module, cfg)
     rng = np.random.default_rng(0)
     streams = rng.standard_normal((1, n, hidden), dtype=np.float32)
     y = rng.standard_normal((1, hidden), dtype=np.float32)
@@ -224,8 +235,9 @@ def test_batch_invariance_bitwise(n_threads: int) -> None:
     module, head_module = mdv4.DeepseekV4HyperConnection(cfg), mdv4.DeepseekV4HyperHead(cfg)
     randomise_mixer(module, gen)
     randomise_head(head_module, gen)
-    mixer, head = ours_mixer(module, n_threads=n_threads), ours_head(head_module, n_threads=n_threads)
-    alone_mixer, alone_head = ours_mixer(module), ours_head(head_module)
+    mixer = ours_mixer(module, cfg, n_threads=n_threads)
+    head = ours_head(head_module, cfg, n_threads=n_threads)
+    alone_mixer, alone_head = ours_mixer(module, cfg), ours_head(head_module, cfg)
     streams = random_streams(n_tokens, hidden, gen).numpy()
     block_out = np.random.default_rng(1).standard_normal((n_tokens, hidden), dtype=np.float32)
 

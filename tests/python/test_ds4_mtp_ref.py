@@ -69,9 +69,12 @@ def test_final_streams_reproduce_the_models_logits(model: DeepseekV4ForCausalLM,
 
 def test_block_is_transformers_window_layer_with_routed_moe(mtp: Deepseek4MtpReference,
                                                             tiny: TinyDeepseek4) -> None:
+    """transformers' own layer class, built from a config that makes it a window layer (no compressor
+    tensors) with a learned router: what the block is, read from its config and checkpoint tensors."""
     assert type(mtp.block) is DeepseekV4DecoderLayer
-    assert mtp.block.self_attn.compressor is None and mtp.block.self_attn.rope_layer_type == "main"
-    assert isinstance(mtp.block.mlp.gate, DeepseekV4TopKRouter) and not mtp.block.mlp.is_hash
+    assert mtp.config.layer_types == ["sliding_attention"] and mtp.config.mlp_layer_types == ["moe"]
+    assert not [name for name, _ in mtp.block.named_parameters() if "compressor" in name]
+    assert isinstance(mtp.block.mlp.gate, DeepseekV4TopKRouter)
     saved = mtp.release_state()
     assert saved.keys() == tiny.mtp.keys()
     assert all(torch.equal(saved[k], tiny.mtp[k]) for k in saved)
@@ -106,17 +109,29 @@ def test_input_step_and_head_match_the_spec_in_float64(
                                atol=1e-5 * np.abs(expected_logits).max())
 
 
+@pytest.mark.parametrize("bumped_at", [3, 9])
 def test_block_attention_is_causal_and_windowed(mtp: Deepseek4MtpReference, model: DeepseekV4ForCausalLM,
-                                                ids: torch.Tensor) -> None:
-    """Perturbing position 3's streams changes positions 3..3+window-1 only (window 8)."""
+                                                ids: torch.Tensor, bumped_at: int) -> None:
+    """Perturbing position p's streams by 0.5 changes the block's output at positions p..p+window-1 (window
+    8) and nowhere else.
+
+    "Nowhere else" is up to float32 rounding, not bitwise: transformers runs each routed expert on the batch
+    of tokens routed to it, and torch's matmul rounds a row differently with another number of rows (on
+    this machine's CPUs, a 1-row product differs from the same row among 2 or more). When the bump changes
+    position p's experts, the other positions' experts see other batches, and their outputs move by a few
+    ulps: bounded by the suite's float32 bound, 1e-5 of the output's max. Inside the window the bump moves
+    every position by at least 2e-2 of the max (measured on tiny seeds 0-2 at p = 3 and 9: attention
+    weights of ~1/8 on a change of 0.5): 1e-3 keeps the two apart by 20x and 100x."""
     with torch.no_grad():
         streams = main_final_streams(model, ids[None, :T])
         _, out = mtp(streams, ids[1:])
         bumped = streams.clone()
-        bumped[3] += 0.5
+        bumped[bumped_at] += 0.5
         _, out2 = mtp(bumped, ids[1:])
-    changed = (out2 != out).flatten(1).any(1).nonzero().flatten().tolist()
-    assert changed == list(range(3, 3 + model.config.sliding_window))
+    change = ((out2 - out).abs().flatten(1).amax(1) / out.abs().max()).numpy()
+    window = range(bumped_at, bumped_at + model.config.sliding_window)
+    assert all(change[t] >= 1e-3 for t in window), change
+    assert all(change[t] <= 1e-5 for t in range(T) if t not in window), change
 
 
 def test_draft_reference_is_recursive_greedy(mtp: Deepseek4MtpReference, model: DeepseekV4ForCausalLM,

