@@ -26,7 +26,6 @@ def cli_binary() -> str:
     pytest.fail("flashmtp-cli not found: pip install . puts it on PATH, or set FLASHMTP_CLI")
 
 
-
 ORACLES = ("torch", "transformers", "tokenizers", "sentencepiece", "gguf", "numpy", "accelerate",
            "hypothesis")
 

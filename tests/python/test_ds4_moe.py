@@ -189,9 +189,8 @@ def bias_changes_picks(block: Block, x: np.ndarray) -> bool:
 
 def module_output(block: Block, x: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return block.module(torch.from_numpy(x)[None], torch.from_numpy(token_ids.astype(np.int64))[None])[
-            0
-        ].numpy()
+        out = block.module(torch.from_numpy(x)[None], torch.from_numpy(token_ids.astype(np.int64))[None])
+    return out[0].numpy()
 
 
 # ---- routing -----------------------------------------------------------------------------------------------
