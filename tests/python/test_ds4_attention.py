@@ -187,21 +187,27 @@ def v4_flash_rope_config():
 @pytest.mark.parametrize("make", [lambda: make_config("compressed_sparse_attention"), v4_flash_rope_config],
                          ids=["tiny", "v4-flash"])
 def test_rope_freqs_match_transformers(make):
-    """Both frequency sets, the YaRN one included, as transformers' float32 buffers (within 1 ulp), for the
-    tiny test config and V4-Flash's settings."""
+    """Both frequency sets, the YaRN one included, as transformers computes them (within 1 ulp of float32),
+    for the tiny test config and V4-Flash's settings: the public rope initialisers DeepseekV4RotaryEmbedding
+    calls per rope type (its own default one for "main", modeling_rope_utils' YaRN for "compress"), which
+    also give the cos/sin scaling (mscale): 1.0 for both, so there is nothing to mirror."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
     from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4RotaryEmbedding
 
     config = make()
-    rotary = DeepseekV4RotaryEmbedding(config)
     main, compress = config.rope_parameters["main"], config.rope_parameters["compress"]
+    assert (main["rope_type"], compress["rope_type"]) == ("default", "yarn")
+    default_rope = DeepseekV4RotaryEmbedding.compute_default_rope_parameters
+    main_freqs, main_scaling = default_rope(config, layer_type="main")
+    compress_freqs, compress_scaling = ROPE_INIT_FUNCTIONS["yarn"](config, None, layer_type="compress")
     n_rot = config.qk_rope_head_dim
     ours_main = np.asarray(_core.ds4_rope_freqs(n_rot, main["rope_theta"]), np.float32)
     ours_compress = np.asarray(_core.ds4_rope_freqs_yarn(
         n_rot, compress["rope_theta"], compress["factor"], compress["original_max_position_embeddings"],
         compress["beta_fast"], compress["beta_slow"]), np.float32)
-    np.testing.assert_array_max_ulp(ours_main, rotary.main_inv_freq.numpy(), maxulp=1)
-    np.testing.assert_array_max_ulp(ours_compress, rotary.compress_inv_freq.numpy(), maxulp=1)
-    assert rotary.compress_attention_scaling == 1.0  # no mscale on the compress cos/sin: nothing to mirror
+    np.testing.assert_array_max_ulp(ours_main, main_freqs.numpy(), maxulp=1)
+    np.testing.assert_array_max_ulp(ours_compress, compress_freqs.numpy(), maxulp=1)
+    assert main_scaling == compress_scaling == 1.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
