@@ -116,8 +116,8 @@ def test_block_attention_is_causal_and_windowed(mtp: Deepseek4MtpReference, mode
     8) and nowhere else.
 
     "Nowhere else" is up to float32 rounding, not bitwise: transformers runs each routed expert on the batch
-    of tokens routed to it, and torch's matmul rounds a row differently with another number of rows (on
-    this machine's CPUs, a 1-row product differs from the same row among 2 or more). When the bump changes
+    of tokens routed to it, and torch's matmul rounds a row differently with another number of rows (torch
+    2.13 on AMD Zen 4: a 1-row product differs from the same row among 2 to 20). When the bump changes
     position p's experts, the other positions' experts see other batches, and their outputs move by a few
     ulps: bounded by the suite's float32 bound, 1e-5 of the output's max. Inside the window the bump moves
     every position by at least 2e-2 of the max (measured on tiny seeds 0-2 at p = 3 and 9: attention
